@@ -1,0 +1,222 @@
+"""STPANet: ResNet backbone + interaction-aware spatio-temporal pyramid attention + linear classifier.
+
+Du et al., "Interaction-aware Spatio-temporal Pyramid Attention Networks for Action Classification", ECCV 2018
+(arXiv:1808.01106); PAPER.md describes the model equation by equation and marks our own choices [ours].
+
+Data flow (defaults: spatio-temporal attention feeding the head):
+
+    clips (B, K, 3, H, W) -> frames (B*K, 3, H, W) -> ResNet stages res2..res5
+    pyramid levels (B*K, C_j, H_j, W_j) -> PyramidAttention over all K*H_i*W_i positions -> M (B, d, C_i)
+    -> [ours] average over the d rows -> dropout -> linear -> logits (B, num_classes)
+
+Options (``ModelConfig``): per-frame spatial attention whose per-frame class scores are averaged (TSN
+consensus); no attention (TSN: average-pooled backbone features); M_i reshaped to layer i's shape and fed back
+into the backbone's remaining stages (``embed_in_backbone``); temporal-order options (a temporal position
+embedding before the attention, temporal shift in the backbone).
+
+Averaging per-frame logits equals applying the linear classifier to the averaged per-frame features, so every
+path pools to "tokens" (B, R, C) that the head averages: R = d rows (spatio-temporal attention), K*d
+(per-frame attention), K (no attention, each frame's map already averaged) or the number of remaining maps
+(embedded). With dropout, the one difference is that one dropout mask is drawn for the averaged feature.
+
+Shape legend: B clips, K frames per clip, C channels, (H_i, W_i) attended layer, d attention maps,
+P = K*H_i*W_i positions, R tokens averaged by the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from stpa_model.attention import (
+    PyramidAttention,
+    PyramidAttentionOutput,
+    TemporalPositionEmbedding,
+    attended_to_map,
+)
+from stpa_model.config import ModelConfig, model_config
+from stpa_model.losses import diversity_loss, interaction_loss
+from stpa_model.resnet import RESNET_SPECS, ResNet, stage_index
+
+
+@dataclass
+class STPAFeatures:
+    """Output of ``STPANet.forward_features``.
+
+    Attributes:
+        tokens: (B, R, C) pooled features the head averages (see the module docstring).
+        losses: unweighted auxiliary losses, float32 scalars ("interaction", "diversity"); empty without
+            attention.
+        attention: A as (B, d, K*H_i*W_i) float32, or None without attention. Spatio-temporal: every row has
+            unit L2 norm over all K*H_i*W_i positions. Per-frame: every row has unit norm within each frame's
+            block of H_i*W_i positions.
+        feature_hw: (H_i, W_i) of the attended layer, or None without attention.
+    """
+
+    tokens: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    attention: torch.Tensor | None
+    feature_hw: tuple[int, int] | None
+
+
+@dataclass
+class STPAOutput:
+    """Output of ``STPANet.forward``.
+
+    Attributes:
+        logits: (B, num_classes), dtype of the computation (bfloat16 under autocast).
+        losses: unweighted auxiliary losses ("interaction", "diversity" with attention on), float32 scalars
+            averaged over the batch; weigh them with ``stpa_model.total_loss``.
+        attention: the L2-normalised maps A, (B, d, K*H_i*W_i) float32, positions ordered (frame, row,
+            column); None when ``attention="none"``.
+        feature_hw: (H_i, W_i), what ``attention_heatmaps`` needs to unflatten the positions.
+    """
+
+    logits: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    attention: torch.Tensor | None
+    feature_hw: tuple[int, int] | None = None
+
+
+class ClassifierHead(nn.Module):
+    """[ours] Average the tokens, dropout, linear (TSN's head)."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.01)  # TSN's initialisation of the new classifier
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, R, C) -> (B, num_classes)."""
+        return self.fc(self.dropout(tokens.mean(dim=1)))  # (B, C) -> (B, num_classes)
+
+
+class STPANet(nn.Module):
+    """The STPA action classifier.
+
+    Args:
+        config: the model's configuration (``stpa_model.build_model`` builds one from a named variant).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.pyramid_stages = tuple(stage_index(name) for name in config.pyramid_layers)
+        self.attended_stage = self.pyramid_stages[-1]
+        has_attention = config.attention != "none"
+        # Stages after layer i only run when M_i is fed back into the backbone; otherwise they would be
+        # parameters without gradients (and DDP refuses those).
+        num_stages = 4 if has_attention and config.embed_in_backbone else self.attended_stage
+        self.backbone = ResNet(
+            RESNET_SPECS[config.backbone],
+            num_stages=num_stages,
+            temporal_shift_div=config.temporal_shift_div if config.temporal_shift else None,
+        )
+        pyramid_channels = [self.backbone.stage_channels[s - 1] for s in self.pyramid_stages]
+        self.temporal_embedding = (
+            TemporalPositionEmbedding(config.num_segments, pyramid_channels)
+            if config.temporal_position_embedding
+            else None
+        )
+        self.pyramid = (
+            PyramidAttention(
+                pyramid_channels,
+                config.num_attention_maps,
+                resample=config.resample,
+                fusion=config.fusion,
+                l2_normalize=config.l2_normalize,
+            )
+            if has_attention
+            else None
+        )
+        self.head = ClassifierHead(self.backbone.stage_channels[-1], config.num_classes, config.dropout)
+
+    def forward_features(self, clips: torch.Tensor) -> STPAFeatures:
+        """Backbone and attention: clips (B, K, 3, H, W) float, normalised -> pooled tokens, losses, maps."""
+        if clips.ndim != 5 or clips.shape[2] != 3:
+            raise ValueError(f"clips must be (B, K, 3, H, W), got shape {tuple(clips.shape)}")
+        b, k = clips.shape[:2]
+        x = self.backbone.forward_stem(clips.reshape(b * k, *clips.shape[2:]))  # (B*K, C, H/4, W/4)
+        num_frames: int | None = k  # frames per clip along the batch axis; None once aggregated over time
+        levels: list[torch.Tensor] = []
+        out: PyramidAttentionOutput | None = None
+        for stage in range(1, self.backbone.num_stages + 1):
+            x = self.backbone.forward_stage(stage, x, num_frames)  # (B*K or B, C_s, H_s, W_s)
+            if self.pyramid is None or stage not in self.pyramid_stages:
+                continue
+            levels.append(x)
+            if stage != self.attended_stage:
+                continue
+            if self.temporal_embedding is not None:
+                levels = self.temporal_embedding(levels, k)
+            # Spatio-temporal: one softmax over all K*H*W positions of a clip. Per-frame: K = 1 per item.
+            out = self.pyramid(levels, num_frames=k if self.config.spatio_temporal else 1)
+            if not self.config.embed_in_backbone:
+                break
+            x = attended_to_map(out.attended, out.feature_hw)  # (B or B*K, C_i, H_i, W_i)
+            if self.config.spatio_temporal:
+                num_frames = None  # one map per clip from here on: no time axis left to shift along
+
+        if out is not None and not self.config.embed_in_backbone:
+            tokens = out.attended.mean(dim=1)  # (B or B*K, d, C_i) -> (B or B*K, C_i)
+        else:
+            tokens = x.mean(dim=(2, 3))  # (B or B*K, C, H, W) -> (B or B*K, C)
+        tokens = tokens.reshape(b, -1, tokens.shape[-1])  # (B, R, C), R = 1 or K (b-major batch)
+        if out is None:
+            return STPAFeatures(tokens=tokens, losses={}, attention=None, feature_hw=None)
+        return STPAFeatures(
+            tokens=tokens,
+            losses=self._auxiliary_losses(out),
+            attention=self._clip_attention(out.attention, b),
+            feature_hw=out.feature_hw,
+        )
+
+    def forward_head(self, features: STPAFeatures) -> STPAOutput:
+        """Classifier on the pooled tokens."""
+        return STPAOutput(
+            logits=self.head(features.tokens),
+            losses=features.losses,
+            attention=features.attention,
+            feature_hw=features.feature_hw,
+        )
+
+    def forward(self, clips: torch.Tensor) -> STPAOutput:
+        """clips float (B, K, 3, H, W), ImageNet-normalised -> logits (B, num_classes), losses, attention."""
+        return self.forward_head(self.forward_features(clips))
+
+    def _auxiliary_losses(self, out: PyramidAttentionOutput) -> dict[str, torch.Tensor]:
+        """Interaction and diversity losses of the layer; built without a graph when their weight is zero."""
+        beta, gamma = self.config.loss_weights
+        grad = torch.is_grad_enabled()
+        features = out.features.detach() if self.config.interaction_detach_features else out.features
+        with torch.set_grad_enabled(grad and beta > 0):
+            interaction = interaction_loss(out.attention, features, self.config.interaction_normalization)
+        with torch.set_grad_enabled(grad and gamma > 0):
+            diversity = diversity_loss(
+                out.fused_softmax, out.level_softmax, self.config.diversity_normalization
+            )
+        return {"interaction": interaction, "diversity": diversity}
+
+    def _clip_attention(self, attention: torch.Tensor, num_clips: int) -> torch.Tensor:
+        """A per clip, (B, d, K*H*W): per-frame maps (B*K, d, H*W) are laid side by side along positions."""
+        if attention.shape[0] == num_clips:
+            return attention
+        bk, d, hw = attention.shape
+        per_frame = attention.reshape(num_clips, bk // num_clips, d, hw)  # (B, K, d, H*W)
+        return per_frame.transpose(1, 2).reshape(num_clips, d, -1)  # (B, d, K, H*W) -> (B, d, K*H*W)
+
+
+def build_model(variant: str, **overrides: Any) -> STPANet:
+    """An STPANet of a named variant (``stpa_model.VARIANTS``) with flat ``ModelConfig`` overrides.
+
+    Example: ``build_model("r50", num_classes=157, multi_label=True, num_segments=8)``.
+
+    Raises:
+        ValueError: unknown variant or override name (the message lists the valid ones), or invalid values.
+    """
+    return STPANet(model_config(variant, **overrides))
