@@ -1,0 +1,83 @@
+"""Small real videos and manifests for the clip pipeline tests (written with PyAV, frames carry their index)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.video_encode import index_frames, write_video
+
+WIDTH, HEIGHT = 64, 48
+
+
+def write_videos(folder: str, num_videos: int, num_frames: int = 24, fps: float = 8.0) -> list[dict]:
+    """``num_videos`` H.264 MP4s whose frames carry their index; manifest rows (single-label, 3 classes)."""
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i in range(num_videos):
+        n = num_frames + 2 * i  # different lengths, so sampled indices differ between videos
+        uri = write_video(os.path.join(folder, f"v{i:02d}.mp4"), index_frames(n, WIDTH, HEIGHT, seed=i), fps)
+        rows.append(
+            {
+                schema.VIDEO_ID: f"v{i:02d}",
+                schema.VIDEO_URI: uri,
+                schema.SPLIT: "test",
+                schema.DURATION: n / fps,
+                schema.NUM_FRAMES: n,
+                schema.FPS: fps,
+                schema.WIDTH: WIDTH,
+                schema.HEIGHT: HEIGHT,
+                schema.DECODE_METHOD: "decord",
+                schema.LABEL: i % 3,
+            }
+        )
+    return rows
+
+
+def write_corrupt(folder: str, video_id: str) -> dict:
+    """A manifest row for a file that is not a video."""
+    uri = os.path.join(folder, f"{video_id}.mp4")
+    with open(uri, "wb") as f:
+        f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return {
+        schema.VIDEO_ID: video_id,
+        schema.VIDEO_URI: uri,
+        schema.SPLIT: "test",
+        schema.DURATION: 3.0,
+        schema.NUM_FRAMES: 24,
+        schema.FPS: 8.0,
+        schema.WIDTH: WIDTH,
+        schema.HEIGHT: HEIGHT,
+        schema.DECODE_METHOD: "decord",
+        schema.LABEL: 0,
+    }
+
+
+def manifest_table(rows: list[dict], num_classes: int = 3, multi_label: bool = False) -> pa.Table:
+    names = [f"class{c}" for c in range(num_classes)]
+    return pa.Table.from_pylist(rows, schema=schema.manifest_schema("folder", names, multi_label, 1))
+
+
+def multi_label_rows(rows: list[dict], label_sets: list[list[int]]) -> list[dict]:
+    out = []
+    for row, labels in zip(rows, label_sets, strict=True):
+        row = {k: v for k, v in row.items() if k != schema.LABEL}
+        out.append({**row, schema.LABELS: labels, schema.SEGMENTS: []})
+    return out
+
+
+def write_manifest(path: str, table: pa.Table) -> str:
+    pq.write_table(table, path)
+    return path
+
+
+def frame_indices_of(clip: np.ndarray) -> np.ndarray:
+    """The index code of every frame of a (..., H, W, 3) clip at the decoded size."""
+    from pipeline.video_encode import frame_index_of
+
+    flat = clip.reshape(-1, *clip.shape[-3:])
+    return np.array([frame_index_of(f) for f in flat]).reshape(clip.shape[:-3])
