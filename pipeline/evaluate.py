@@ -1,0 +1,170 @@
+"""Distributed evaluation: every test video scored exactly once, whatever the number of workers.
+
+Ray Train's dataset sharding (``streaming_split(equal=True)``) may drop rows to keep shards equal, which is right
+for training and wrong for testing. So evaluation shards the *manifest* itself, round-robin by row, each rank
+decodes and scores its own videos' views, and the per-row scores are gathered with ``all_gather_object``. Views
+are combined per video (``aggregate_views``) before any metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline import schema
+from pipeline.metrics import aggregate_views, charades_metrics, single_label_metrics
+
+# ImageNet statistics: the backbones are ImageNet-pretrained ResNets (torchvision convention).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def frames_to_model_input(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 clip frames to the model's normalised float input, on the frames' device.
+
+    Args:
+        frames: uint8 (B, K, T, H, W, 3) in [0, 255].
+
+    Returns:
+        float32 (B, K*T, 3, H, W), ImageNet-normalised. The T frames of each segment are folded into the K axis:
+        STPA attends over all K*T frames jointly (PAPER.md, spatio-temporal version).
+    """
+    b, k, t, h, w, c = frames.shape
+    x = frames.reshape(b, k * t, h, w, c).permute(0, 1, 4, 2, 3)  # (B, K*T, 3, H, W)
+    x = x.float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
+    """Row indices of one rank's evaluation shard: round-robin, disjoint, covering every row exactly once."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    return np.arange(rank, num_rows, world_size)
+
+
+def shard_table(table: pa.Table, rank: int, world_size: int) -> pa.Table:
+    return table.take(pa.array(shard_rows(table.num_rows, rank, world_size)))
+
+
+@dataclass
+class Predictions:
+    """Per-view scores of the rows one process evaluated (or of all rows after gathering)."""
+
+    video_ids: np.ndarray  # (N,) str
+    views: np.ndarray  # (N,) int32
+    scores: np.ndarray  # (N, C) float32: softmax probabilities (single-label) or sigmoids (multi-label)
+
+    @staticmethod
+    def concatenate(parts: list[Predictions]) -> Predictions:
+        parts = [p for p in parts if len(p.video_ids)]
+        if not parts:
+            return Predictions(np.array([], dtype=object), np.array([], dtype=np.int32), np.zeros((0, 0)))
+        return Predictions(
+            np.concatenate([p.video_ids for p in parts]),
+            np.concatenate([p.views for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+        )
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module, batches, multi_label: bool, device: torch.device, autocast_dtype: torch.dtype | None
+) -> Predictions:
+    """Score every row of an iterable of numpy clip batches (``schema`` columns) with ``model`` in eval mode."""
+    model.eval()
+    ids, views, scores = [], [], []
+    for batch in batches:
+        frames = torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES])).to(device, non_blocking=True)
+        x = frames_to_model_input(frames)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            logits = model(x).logits.float()
+        prob = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+        scores.append(prob.cpu().numpy())  # host sync, once per batch
+        ids.append(np.asarray(batch[schema.VIDEO_ID]))
+        views.append(np.asarray(batch[schema.VIEW], dtype=np.int32))
+    if not ids:
+        return Predictions(np.array([], dtype=object), np.array([], dtype=np.int32), np.zeros((0, 0)))
+    return Predictions(np.concatenate(ids), np.concatenate(views), np.concatenate(scores))
+
+
+def gather_predictions(local: Predictions) -> Predictions:
+    """All ranks' predictions on every rank (a no-op outside torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[Predictions | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return Predictions.concatenate([p for p in parts if p is not None])
+
+
+def check_complete(predictions: Predictions, expected_ids: np.ndarray, views_per_video: int) -> None:
+    """Fail loudly if any expected video is missing (beyond decode failures) or a (video, view) row repeats."""
+    keys = list(zip(predictions.video_ids.tolist(), predictions.views.tolist(), strict=True))
+    if len(keys) != len(set(keys)):
+        raise RuntimeError("evaluation produced duplicate (video, view) rows: sharding is broken")
+    unexpected = set(predictions.video_ids.tolist()) - set(np.asarray(expected_ids).tolist())
+    if unexpected:
+        raise RuntimeError(f"evaluation scored videos outside the test manifest: {sorted(unexpected)[:5]}")
+    counts: dict[str, int] = {}
+    for vid in predictions.video_ids.tolist():
+        counts[vid] = counts.get(vid, 0) + 1
+    partial = [vid for vid, n in counts.items() if n != views_per_video]
+    if partial:
+        raise RuntimeError(f"videos with {views_per_video} views expected but not all scored: {partial[:5]}")
+
+
+def compute_metrics(
+    predictions: Predictions,
+    test_table: pa.Table,
+    num_classes: int,
+    multi_label: bool,
+    view_reduce: str,
+) -> tuple[dict[str, float], dict]:
+    """Dataset metrics from gathered per-view predictions.
+
+    Returns:
+        ``(scalars, details)``: scalar metrics for MLflow (``top1``, ``top5``, ``mean_class_accuracy`` or ``map``,
+        ``wap``; ``num_videos_scored``) and details for artifacts (confusion matrix or per-class AP, the
+        aggregated per-video scores).
+    """
+    video_ids, video_scores = aggregate_views(predictions.video_ids, predictions.scores, view_reduce)
+    gt_ids = np.asarray(test_table.column(schema.VIDEO_ID).to_pylist())
+    if multi_label:
+        gt = np.zeros((len(gt_ids), num_classes), dtype=bool)
+        for i, labels in enumerate(test_table.column(schema.LABELS).to_pylist()):
+            gt[i, labels] = True
+        m = charades_metrics(gt_ids, gt, video_ids, video_scores)
+        scalars = {
+            "map": m.map,
+            "wap": m.wap,
+            "num_videos_scored": float(len(video_ids)),
+            "num_videos_missing": float(m.num_unpredicted),
+        }
+        return scalars, {
+            "per_class_ap": m.per_class_ap,
+            "num_positives": m.num_positives,
+            "video_ids": video_ids,
+            "scores": video_scores,
+        }
+    label_of = dict(zip(gt_ids.tolist(), test_table.column(schema.LABEL).to_pylist(), strict=True))
+    labels = np.array([label_of[v] for v in video_ids.tolist()], dtype=np.int64)
+    # Videos that failed to decode have no prediction; they count as wrong, so accuracy is over the manifest.
+    num_missing = len(gt_ids) - len(video_ids)
+    m = single_label_metrics(video_scores, labels) if len(labels) else None
+    scale = len(video_ids) / len(gt_ids) if len(gt_ids) else 0.0
+    scalars = {
+        "top1": (m.top1 * scale) if m else 0.0,
+        "top5": (m.top5 * scale) if m else 0.0,
+        "mean_class_accuracy": m.mean_class_accuracy if m else 0.0,
+        "num_videos_scored": float(len(video_ids)),
+        "num_videos_missing": float(num_missing),
+    }
+    return scalars, {"confusion": m.confusion if m else None, "video_ids": video_ids, "scores": video_scores}
