@@ -1,0 +1,132 @@
+"""Named run configurations: plain functions returning an ``ExperimentConfig`` (STYLE.md: no config inheritance).
+
+- ``smoke``: the debug model for two epochs on a small generated dataset, 2 CPU workers; a CI-sized check that
+  everything connects (well under a minute here).
+- ``ucf101``, ``hmdb51``: ResNet-50 STPA, K = 3 TSN segments, 224 crops, SGD with cosine schedule and warm-up,
+  multi-view test (2 clips x 3 crops, mean over views).
+- ``charades``: ResNet-50 STPA, K = 8, multi-label BCE over 157 classes, frozen BatchNorm (small per-GPU batches;
+  what the peers found Charades needs), max over views at test (the Charades convention).
+
+Batch sizes are per worker; ``OptimConfig.lr`` is given for ``reference_batch_size`` clips and scaled linearly with
+the global batch (workers x batch x accumulation), so the same preset runs on 1 GPU or 64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.clips import ClipConfig
+from pipeline.optim import OptimConfig
+from pipeline.train import ExperimentConfig, TrainConfig
+from stpa_model import model_config
+
+NUM_CLASSES = {"ucf101": 101, "hmdb51": 51, "charades": 157}
+
+
+def _clips(num_segments: int, short_side: int, crop_size: int, num_test_clips: int, test_crops: int):
+    """(train, val, test) clip settings: random TSN sampling; one centred view; multi-view test."""
+    train = ClipConfig(num_segments=num_segments, short_side=short_side, crop_size=crop_size, train=True)
+    val = dataclasses.replace(train, train=False, flip=False, num_test_clips=1, test_crops=1)
+    test = dataclasses.replace(val, num_test_clips=num_test_clips, test_crops=test_crops)
+    return train, val, test
+
+
+def smoke(dataset: str, num_classes: int) -> ExperimentConfig:
+    multi_label = dataset == "charades"
+    train, val, test = _clips(num_segments=3, short_side=72, crop_size=64, num_test_clips=2, test_crops=1)
+    return ExperimentConfig(
+        dataset=dataset,
+        model=model_config(
+            "debug",
+            num_classes=num_classes,
+            multi_label=multi_label,
+            num_segments=3,
+            input_size=64,
+            dropout=0.2,
+        ),
+        train_clips=train,
+        val_clips=val,
+        test_clips=test,
+        optim=OptimConfig(
+            optimizer="adamw", lr=1e-2, reference_batch_size=8, weight_decay=1e-4, warmup_steps=2
+        ),
+        train=TrainConfig(
+            epochs=2,
+            batch_size=4,
+            num_workers=2,
+            view_reduce="max" if multi_label else "mean",
+            log_every_steps=0,
+            num_heatmap_clips=2,
+        ),
+    )
+
+
+def _r50(dataset: str, num_classes: int, num_segments: int) -> ExperimentConfig:
+    multi_label = dataset == "charades"
+    train, val, test = _clips(
+        num_segments=num_segments, short_side=256, crop_size=224, num_test_clips=2, test_crops=3
+    )
+    return ExperimentConfig(
+        dataset=dataset,
+        model=model_config(
+            "r50", num_classes=num_classes, multi_label=multi_label, num_segments=num_segments, input_size=224
+        ),
+        train_clips=train,
+        val_clips=val,
+        test_clips=test,
+        optim=OptimConfig(
+            optimizer="sgd", lr=0.01, reference_batch_size=64, weight_decay=5e-4, warmup_steps=200
+        ),
+        train=TrainConfig(
+            epochs=30 if not multi_label else 20,
+            batch_size=8,
+            num_workers=1,
+            use_gpu=True,
+            precision="bf16",
+            freeze_bn="all" if multi_label else "partial",
+            view_reduce="max" if multi_label else "mean",
+            eval_every=2,
+        ),
+    )
+
+
+def ucf101(dataset: str = "ucf101", num_classes: int = 101) -> ExperimentConfig:
+    return _r50(dataset, num_classes, num_segments=3)
+
+
+def hmdb51(dataset: str = "hmdb51", num_classes: int = 51) -> ExperimentConfig:
+    return _r50(dataset, num_classes, num_segments=3)
+
+
+def charades(dataset: str = "charades", num_classes: int = 157) -> ExperimentConfig:
+    return _r50(dataset, num_classes, num_segments=8)
+
+
+# One flat dict of named presets; each takes (dataset, num_classes) so a preset can be applied to a user's own
+# "folder" dataset or to a generated dataset with fewer classes.
+PRESETS = {"smoke": smoke, "ucf101": ucf101, "hmdb51": hmdb51, "charades": charades}
+
+
+def preset(name: str, dataset: str, num_classes: int) -> ExperimentConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    return PRESETS[name](dataset, num_classes)
+
+
+def apply_overrides(exp: ExperimentConfig, overrides: dict[str, object]) -> ExperimentConfig:
+    """Flat ``section.field`` overrides (``{"model.beta": 0.0, "train.epochs": 3}``), as Ray Tune's param_space
+    holds them, applied with ``dataclasses.replace`` so every section validates again."""
+    sections: dict[str, dict[str, object]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name or section not in {f.name for f in dataclasses.fields(exp)} or section == "dataset":
+            raise ValueError(
+                f"override {key!r} must be <section>.<field>, section one of model, train, optim, "
+                "train_clips, val_clips, test_clips"
+            )
+        valid = {f.name for f in dataclasses.fields(getattr(exp, section))}
+        if name not in valid:
+            raise ValueError(f"override {key!r}: {section} has no field {name!r}; valid: {sorted(valid)}")
+        sections.setdefault(section, {})[name] = value
+    changes = {s: dataclasses.replace(getattr(exp, s), **fields) for s, fields in sections.items()}
+    return dataclasses.replace(exp, **changes)

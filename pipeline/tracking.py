@@ -1,0 +1,76 @@
+"""MLflow tracking: where runs go, how a config becomes params, and finding a run again to resume it.
+
+Embedded default: a SQLite file at an absolute path under the working directory (``sqlite:///<cwd>/mlflow.db``).
+``MLFLOW_TRACKING_URI`` (for example ``http://127.0.0.1:5000`` for a tracking server, which a multi-node run needs
+because SQLite allows one writer) overrides it. The URI is resolved once in the driver and handed to the workers
+as an absolute URI: Ray workers chdir into the session folder, where a relative path would land elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+RUN_NAME_TAG = "stpa.run_name"
+DATASET_TAG = "stpa.dataset"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite URI in the current directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def experiment_name(dataset: str) -> str:
+    return f"stpa-{dataset}"
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
+    """A (nested) dataclass or dict as flat ``section.field -> str`` params for ``mlflow.log_params``."""
+    if dataclasses.is_dataclass(config):
+        config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def find_or_create_run(
+    uri: str, dataset: str, run_name: str, tags: dict[str, str] | None = None
+) -> tuple[str, bool]:
+    """The id of this run name's MLflow run in the dataset's experiment, creating it when there is none.
+
+    A re-run with the same run name (a driver restart) continues the same MLflow run, as Ray Train continues the
+    same training run from its latest checkpoint.
+
+    Returns:
+        ``(run_id, resumed)``.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    name = experiment_name(dataset)
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'DELETED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if existing:
+        client.set_terminated(existing[0].info.run_id, status="RUNNING")
+        return existing[0].info.run_id, True
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={RUN_NAME_TAG: run_name, DATASET_TAG: dataset, **(tags or {})},
+    )
+    return run.info.run_id, False

@@ -1,0 +1,527 @@
+"""Distributed training of STPANet with Ray Train (PyTorch DDP), fed by the Ray Data clip pipeline.
+
+The driver (``fit``) builds the training dataset, resolves the MLflow run, and starts a ``TorchTrainer``; each
+worker runs ``train_loop_per_worker``: one visible loop of batch, forward, loss, backward, clip, step, log,
+checkpoint (STYLE.md). The Ray integration points are marked ``# [ray]``.
+
+Epoch length is exact and equal across ranks: Ray Train splits the training dataset with
+``streaming_split(equal=True)`` and every rank iterates with ``drop_last=True``, so each rank runs
+``floor(floor(N / world_size) / batch_size)`` steps (``steps_per_epoch``), and no rank waits in an all-reduce
+that another never reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline import schema
+from pipeline.checkpoint import TrainState, load_checkpoint, save_checkpoint, unwrap
+from pipeline.clips import ClipConfig, DecodeReport, build_clip_dataset
+from pipeline.evaluate import (
+    check_complete,
+    compute_metrics,
+    frames_to_model_input,
+    gather_predictions,
+    predict_batches,
+    shard_table,
+)
+from pipeline.optim import OptimConfig, build_optimizer, build_scheduler, freeze_batchnorm, scaled_lr
+from stpa_model import ModelConfig, STPANet, total_loss
+
+PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
+BEST_MODEL_FILE = "best_model.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 8  # clips per worker per micro-step; global batch = batch_size * accum * world size
+    grad_accum_steps: int = 1
+    num_workers: int = 2  # Ray Train workers (one per GPU when use_gpu)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    precision: str = "fp32"  # "bf16" or "fp16" autocast (fp16 uses a GradScaler); bf16 also runs on CPU
+    freeze_bn: str = "none"  # "none" | "partial" (TSN) | "all" (what the peers need for Charades)
+    compile: bool = False  # torch.compile the model on each worker
+    eval_every: int = 1  # validate every N epochs (single view) and at the end (multi-view)
+    view_reduce: str = "mean"  # how views of a test video combine: "mean" (UCF101/HMDB51) or "max" (Charades)
+    seed: int = 0
+    num_checkpoints_kept: int = 2
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
+    log_every_steps: int = 20
+    pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
+    num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.view_reduce not in ("mean", "max"):
+            raise ValueError(f"view_reduce must be 'mean' or 'max', got {self.view_reduce!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.num_workers < 1:
+            raise ValueError("epochs, batch_size, grad_accum_steps and num_workers must be >= 1")
+        if self.freeze_bn not in ("none", "partial", "all"):
+            raise ValueError(f"freeze_bn must be none, partial or all, got {self.freeze_bn!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one training run needs; each component receives only its own section."""
+
+    dataset: str
+    model: ModelConfig
+    train_clips: ClipConfig
+    val_clips: ClipConfig  # per-epoch validation on the test split (usually one view: fast)
+    test_clips: ClipConfig  # final multi-view evaluation
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in PRIMARY_METRIC:
+            raise ValueError(f"dataset must be one of {sorted(PRIMARY_METRIC)}, got {self.dataset!r}")
+        for name in ("train_clips", "val_clips", "test_clips"):
+            clips = getattr(self, name)
+            if clips.crop_size != self.model.input_size:
+                raise ValueError(
+                    f"{name}.crop_size ({clips.crop_size}) must equal model.input_size ({self.model.input_size})"
+                )
+            num_frames = clips.num_segments * clips.frames_per_segment
+            if self.model.temporal_position_embedding and num_frames != self.model.num_segments:
+                raise ValueError(
+                    f"{name} yields {num_frames} frames per clip but model.num_segments is "
+                    f"{self.model.num_segments} (the temporal position embedding's length)"
+                )
+        if self.train_clips.train is not True or self.val_clips.train or self.test_clips.train:
+            raise ValueError("train_clips must have train=True, val_clips and test_clips train=False")
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.dataset]
+
+
+def steps_per_epoch(num_train_rows: int, world_size: int, batch_size: int) -> int:
+    """Optimiser micro-steps each rank runs per epoch (equal shards, last partial batch dropped)."""
+    return (num_train_rows // world_size) // batch_size
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _collate_train(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Numpy clip batch -> tensors (frames stay uint8 until the device; ids are not needed to train)."""
+    out = {schema.FRAMES: torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES]))}
+    if schema.LABELS in batch:
+        out[schema.LABELS] = torch.from_numpy(np.asarray(batch[schema.LABELS], dtype=np.float32))
+    else:
+        out[schema.LABEL] = torch.from_numpy(np.asarray(batch[schema.LABEL], dtype=np.int64))
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    test_table: pa.Table,
+    clips: ClipConfig,
+    exp: ExperimentConfig,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> tuple[dict[str, float], dict]:
+    """Distributed evaluation on the test manifest: each rank scores its round-robin shard, all gather."""
+    num_classes = exp.model.num_classes
+    multi_label = exp.model.multi_label
+    local = shard_table(test_table, rank, world_size)
+    batches = (
+        build_clip_dataset(local, clips).iter_batches(batch_size=exp.train.batch_size, batch_format="numpy")
+        if local.num_rows
+        else []
+    )
+    predictions = gather_predictions(
+        predict_batches(model, batches, multi_label, device, autocast_dtype(exp.train.precision))
+    )
+    ids = np.asarray(test_table.column(schema.VIDEO_ID).to_pylist())
+    check_complete(predictions, ids, clips.num_views)
+    return compute_metrics(predictions, test_table, num_classes, multi_label, exp.train.view_reduce)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """The training loop on one Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    _quiet_ray_logs()
+    exp: ExperimentConfig = loop_config["experiment"]
+    cfg = exp.train
+    ctx = ray.train.get_context()  # [ray]
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()  # [ray]
+    torch.manual_seed(cfg.seed + rank)
+    test_table = pa.Table.from_pylist(loop_config["test_rows"], schema=loop_config["test_schema"])
+
+    model = STPANet(exp.model)
+    if cfg.pretrained and not ray.train.get_checkpoint():
+        from pipeline.weights import load_backbone_weights
+
+        load_backbone_weights(model, cfg.pretrained)
+    freeze_batchnorm(model, cfg.freeze_bn)
+    model = ray.train.torch.prepare_model(model)  # [ray] device placement + DDP
+    if cfg.compile:
+        model = torch.compile(model)
+
+    num_steps = loop_config["steps_per_epoch"]
+    updates_per_epoch = max(1, num_steps // cfg.grad_accum_steps)
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+    optimizer = build_optimizer(unwrap(model), exp.optim, scaled_lr(exp.optim, global_batch))
+    scheduler = build_scheduler(optimizer, cfg.epochs * updates_per_epoch, exp.optim)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    amp_dtype = autocast_dtype(cfg.precision)
+
+    state = TrainState(epoch=0, global_step=0, best_metric=-math.inf, restarts=0)
+    best_weights = None
+    checkpoint = ray.train.get_checkpoint()  # [ray] set when resuming (worker restart or same run name)
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_checkpoint(ckpt_dir, model, optimizer, scheduler, scaler)
+            best_path = os.path.join(ckpt_dir, BEST_MODEL_FILE)
+            if os.path.exists(best_path):
+                best_weights = torch.load(best_path, map_location="cpu", weights_only=True)
+        state.restarts += 1
+    mlflow_run = _mlflow_for_rank(rank, loop_config)
+    if mlflow_run is not None and checkpoint:
+        mlflow_run.log_metric("restarts", state.restarts, step=state.epoch)
+
+    train_shard = ray.train.get_dataset_shard("train")  # [ray]
+    steps_this_attempt = 0
+    metric_name = exp.primary_metric
+    for epoch in range(state.epoch, cfg.epochs):
+        model.train()
+        freeze_batchnorm(model, cfg.freeze_bn)  # model.train() resets BN layers to training mode
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
+        num_batches = 0
+        batches = train_shard.iter_torch_batches(  # [ray]
+            batch_size=cfg.batch_size,
+            drop_last=True,
+            collate_fn=_collate_train,
+            device=device,
+            prefetch_batches=2,
+        )
+        for step, batch in enumerate(batches):
+            if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
+                break
+            clips = frames_to_model_input(batch[schema.FRAMES])
+            targets = batch[schema.LABELS] if exp.model.multi_label else batch[schema.LABEL]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                output = model(clips)
+            loss, parts = total_loss(output, targets, exp.model)
+            loss = loss / cfg.grad_accum_steps
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if (step + 1) % cfg.grad_accum_steps == 0:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if exp.optim.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), exp.optim.grad_clip_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state.global_step += 1
+            loss_sum += loss.detach() * cfg.grad_accum_steps
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.detach().float()
+            num_batches += 1
+            steps_this_attempt += 1
+            if rank == 0 and cfg.log_every_steps and step % cfg.log_every_steps == 0:
+                parts_text = " ".join(
+                    f"{k} {v.item():.4f}" for k, v in parts.items()
+                )  # host sync, logging only
+                print(f"  epoch {epoch + 1} step {step + 1}/{num_steps} {parts_text}", flush=True)
+        train_seconds = time.perf_counter() - epoch_start
+        train_loss = (loss_sum / max(1, num_batches)).item()  # host sync, once per epoch
+        clips_per_second = num_batches * cfg.batch_size * world_size / max(train_seconds, 1e-9)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            # host sync, once per epoch: the unweighted parts (classification, interaction, diversity)
+            **{f"train_{name}": (value / max(1, num_batches)).item() for name, value in part_sums.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_clips_per_s": clips_per_second,
+            "global_step": state.global_step,
+            "steps_this_attempt": steps_this_attempt,
+            "restarts": state.restarts,
+        }
+        is_last = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.eval_every == 0 or is_last:
+            val, _ = evaluate(model, test_table, exp.val_clips, exp, device, rank, world_size)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            if val[metric_name] > state.best_metric:
+                state.best_metric = val[metric_name]
+                best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        metrics["best_" + metric_name] = state.best_metric
+        state.epoch = epoch + 1
+        remaining = (cfg.epochs - state.epoch) * (time.perf_counter() - epoch_start)
+        if rank == 0:
+            val_text = f" val_{metric_name} {metrics.get('val_' + metric_name, float('nan')):.4f}"
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f}{val_text} "
+                f"clips/s {clips_per_second:.1f} eta {time.strftime('%H:%M:%S', time.gmtime(remaining))}",
+                flush=True,
+            )
+            if mlflow_run is not None:
+                mlflow_run.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
+        _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
+
+    # Final multi-view evaluation of the best model (the last one when validation never ran).
+    if best_weights is not None:
+        unwrap(model).load_state_dict(best_weights)
+    test, details = evaluate(model, test_table, exp.test_clips, exp, device, rank, world_size)
+    final = {f"test_{k}": v for k, v in test.items()}
+    final.update(epoch=state.epoch, global_step=state.global_step, restarts=state.restarts, final=1)
+    final["steps_this_attempt"] = steps_this_attempt
+    if rank == 0:
+        print("test " + " ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+        if mlflow_run is not None:
+            mlflow_run.log_metrics({k: float(v) for k, v in final.items()}, step=state.epoch)
+            from pipeline.artifacts import log_evaluation_artifacts
+
+            log_evaluation_artifacts(mlflow_run, unwrap(model), exp, test_table, details, device)
+    _report(final, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
+
+
+def _quiet_ray_logs() -> None:
+    """Keep the driver's output to our per-epoch lines: Ray Data's per-dataset banners go to its log files."""
+    import logging
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(directory, model, optimizer, scheduler, scaler, state, dataclasses.asdict(exp))
+            if best_weights is not None:
+                torch.save(best_weights, os.path.join(directory, BEST_MODEL_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
+
+
+class _RankZeroRun:
+    """Logs to one MLflow run from rank 0 through the client API (no global active-run state in workers)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = run_id
+        self.uri = uri
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+        )
+
+
+def _mlflow_for_rank(rank: int, loop_config: dict) -> _RankZeroRun | None:
+    if rank != 0 or not loop_config.get("mlflow_run_id"):
+        return None
+    return _RankZeroRun(loop_config["mlflow_tracking_uri"], loop_config["mlflow_run_id"])
+
+
+@dataclass(frozen=True)
+class FitResult:
+    metrics: dict[str, float]  # the final report: test_* metrics, epoch, global_step, restarts
+    checkpoint_uri: str  # latest checkpoint folder (holds state.pt and best_model.pt)
+    mlflow_run_id: str | None
+    num_classes: int
+
+
+def fit(
+    exp: ExperimentConfig,
+    train_manifest: str,
+    test_manifest: str,
+    *,
+    storage_path: str,
+    run_name: str,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    clip_cache: str | None = None,
+) -> FitResult:
+    """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
+
+    Args:
+        exp: the run's configuration.
+        train_manifest, test_manifest: manifest Parquet URIs (``stpa prepare`` output).
+        storage_path: where Ray Train keeps checkpoints: a local folder or any fsspec URI.
+        run_name: Ray Train run name and MLflow run name; the key for resuming.
+        tracking_uri: MLflow tracking URI (default: ``pipeline.tracking.tracking_uri()``); ``""`` disables MLflow.
+        clip_cache: decode-once cache root (``pipeline.cache``): the training clips are decoded once, written
+            there as Parquet, and every epoch reads them back instead of decoding. Trades augmentation diversity
+            (the same sampled clip and crop of each video every epoch) for speed.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.prepare import read_manifest
+    from pipeline.tracking import find_or_create_run, flatten_config
+    from pipeline.tracking import tracking_uri as default_tracking_uri
+
+    cfg = exp.train
+    train_table, class_names = read_manifest(train_manifest)
+    test_table, test_class_names = read_manifest(test_manifest)
+    if class_names != test_class_names:
+        raise ValueError(f"{train_manifest} and {test_manifest} list different classes")
+    if len(class_names) != exp.model.num_classes:
+        raise ValueError(
+            f"model.num_classes is {exp.model.num_classes} but {train_manifest} has {len(class_names)} classes"
+        )
+    num_steps = steps_per_epoch(train_table.num_rows, cfg.num_workers, cfg.batch_size)
+    if num_steps == 0:
+        raise ValueError(
+            f"{train_manifest}: {train_table.num_rows} training videos are too few for {cfg.num_workers} workers "
+            f"x batch {cfg.batch_size}: lower train.batch_size or train.num_workers"
+        )
+
+    uri = default_tracking_uri() if tracking_uri is None else tracking_uri
+    run_id = None
+    if uri:
+        run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
+        if not resumed:
+            _log_run_setup(uri, run_id, exp, train_manifest, test_manifest, flatten_config)
+
+    storage_filesystem, storage_root = _storage(storage_path)
+    train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
+    if clip_cache:
+        from pipeline.cache import cached_clip_dataset
+
+        train_dataset, entry = cached_clip_dataset(train_table, exp.train_clips, clip_cache)
+        for failure in entry.failures:
+            print(f"decode failure (cached): {failure}", flush=True)
+    else:
+        train_dataset = build_clip_dataset(train_table, exp.train_clips, report=train_report)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": exp,
+            "steps_per_epoch": num_steps,
+            "test_rows": test_table.to_pylist(),
+            "test_schema": test_table.schema,
+            "mlflow_tracking_uri": uri,
+            "mlflow_run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_root,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
+        ),
+        datasets={"train": train_dataset},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if train_report.num_failed:
+        print(train_report.summary(), flush=True)
+    if uri:
+        _log_decode_failures(uri, run_id, train_report)
+    checkpoint_uri = result.checkpoint.path if result.checkpoint else ""
+    if uri:
+        _finish_run(uri, run_id, exp, result)
+    return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
+
+
+def _storage(storage_path: str):
+    """Ray Train storage arguments for a local folder or an fsspec URI."""
+    from pipeline.storage import normalize_uri
+
+    storage_path = normalize_uri(storage_path)
+    if "://" not in storage_path:
+        return None, storage_path
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from pipeline.storage import filesystem
+
+    fs, path = filesystem(storage_path)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def _log_run_setup(uri, run_id, exp, train_manifest, test_manifest, flatten_config) -> None:
+    """Params and setup facts, once per run, from the driver."""
+    import hashlib
+    import platform
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.storage import read_bytes
+
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in flatten_config(exp).items():
+        client.log_param(run_id, key, value[:6000])
+    for name, manifest in (("train", train_manifest), ("test", test_manifest)):
+        client.log_param(run_id, f"manifest.{name}.uri", manifest)
+        client.log_param(run_id, f"manifest.{name}.sha256", hashlib.sha256(read_bytes(manifest)).hexdigest())
+    client.set_tag(run_id, "system.python", platform.python_version())
+    client.set_tag(run_id, "system.torch", torch.__version__)
+    client.set_tag(run_id, "system.platform", platform.platform())
+    client.set_tag(run_id, "system.cuda", str(torch.cuda.is_available()))
+
+
+def _log_decode_failures(uri: str, run_id: str, report: DecodeReport) -> None:
+    """How many training videos were lost to decode errors, and which (ids and reasons) as a JSON artifact."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.log_metric(run_id, "train_decode_failures", report.num_failed)
+    if report.num_failed:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "train_decode_failures.json")
+            with open(path, "w") as f:
+                json.dump(report.reasons, f, indent=1, sort_keys=True)
+            client.log_artifact(run_id, path, artifact_path="data")
+
+
+def _finish_run(uri, run_id, exp, result) -> None:
+    """Log the best model from the final checkpoint and close the MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.artifacts import log_model
+
+    with result.checkpoint.as_directory() as directory:
+        log_model(uri, run_id, exp, os.path.join(directory, BEST_MODEL_FILE))
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, status="FINISHED")
