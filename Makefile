@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python workflows/demo_ingest.py
+	$(BIN)/python workflows/train_charades.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
