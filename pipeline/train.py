@@ -163,6 +163,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()  # [ray]
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # [ray]
+    if (
+        device.type == "cpu"
+    ):  # intra-op threads = the CPUs Ray gave this worker (it sets OMP_NUM_THREADS to 1 below 1)
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
     test_table = pa.Table.from_pylist(loop_config["test_rows"], schema=loop_config["test_schema"])
 

@@ -1,0 +1,176 @@
+"""Training throughput: the Ray Train loop (streaming from Ray Data) against a plain PyTorch loop, same run.
+
+Both train the same model config on the same clips: a generated UCF101-layout dataset is decoded once into the
+decode-once cache (``pipeline.cache``); the Ray side trains with ``pipeline.train.fit(..., clip_cache=...)``
+(Ray Data streaming from the cache, ``iter_torch_batches``, DDP wrapper, per-epoch checkpoints), the plain side
+loads the very same cached batches into memory and runs forward / loss / backward / clip / step in a loop.
+Steps/s of the Ray loop is its own in-epoch measurement (``train_clips_per_s``, epochs after the first, which
+includes Ray Data start-up), so the per-epoch validation and checkpointing it does besides are not counted.
+
+Prints per-measurement lines and, last:
+``RESULT train ratio=<ray steps/s / plain steps/s> ray_steps_per_s=.. plain_steps_per_s=.. workers=1 ...``
+and, with ``--ddp``, the 2-worker DDP figure (``ddp2_steps_per_s``: steps/s of each rank, global batch doubled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variant", default="r18", help="model variant (debug, r18, r50, ...)")
+    parser.add_argument("--input-size", type=int, default=112)
+    parser.add_argument("--num-segments", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3, help="Ray epochs; the first is warm-up")
+    parser.add_argument("--videos-per-class", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument("--plain-steps", type=int, default=20)
+    parser.add_argument("--ddp", action="store_true", help="also measure 2 DDP workers")
+    parser.add_argument(
+        "--workdir", default=None, help="where data, cache and checkpoints go (default: temp)"
+    )
+    return parser.parse_args()
+
+
+def experiment(args, num_classes: int, num_workers: int):
+    """The smoke preset with the benchmark's model, clip size and batch, applied as one set of overrides."""
+    from pipeline.presets import apply_overrides, smoke
+    from stpa_model import model_config
+
+    model = model_config(args.variant, input_size=args.input_size, num_segments=args.num_segments)
+    overrides = {"model.backbone": model.backbone, "model.input_size": args.input_size}
+    overrides["model.num_segments"] = args.num_segments
+    for section in ("train_clips", "val_clips", "test_clips"):
+        overrides[f"{section}.num_segments"] = args.num_segments
+        overrides[f"{section}.short_side"] = int(args.input_size * 1.15)
+        overrides[f"{section}.crop_size"] = args.input_size
+    overrides.update(
+        {
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch_size,
+            "train.num_workers": num_workers,
+            # CPU training: the workers share the machine's cores, as the plain loop has them all
+            "train.cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers),
+            "train.eval_every": 1000,
+            "train.num_heatmap_clips": 0,
+        }
+    )
+    return apply_overrides(smoke("ucf101", num_classes), overrides)
+
+
+def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
+    """The baseline: the same model, loss and optimiser on in-memory batches, no Ray, no DDP."""
+    from pipeline import schema
+    from pipeline.evaluate import frames_to_model_input
+    from pipeline.optim import build_optimizer, scaled_lr
+    from stpa_model import STPANet, total_loss
+
+    torch.manual_seed(0)
+    model = STPANet(exp.model).train()
+    optimizer = build_optimizer(model, exp.optim, scaled_lr(exp.optim, exp.train.batch_size))
+    tensors = [
+        (torch.from_numpy(b[schema.FRAMES]), torch.from_numpy(b[schema.LABEL].astype(np.int64)))
+        for b in batches
+    ]
+
+    def step(i: int) -> None:
+        frames, labels = tensors[i % len(tensors)]
+        output = model(frames_to_model_input(frames))
+        loss, _ = total_loss(output, labels, exp.model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), exp.optim.grad_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(3):  # warm-up
+        step(i)
+    start = time.perf_counter()
+    for i in range(num_steps):
+        step(i)
+    return num_steps / (time.perf_counter() - start)
+
+
+def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir: str) -> float:
+    """In-loop steps/s of rank 0 (MLflow's ``train_clips_per_s`` history), epochs after the first."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.train import fit
+
+    uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"
+    name = f"bench-{exp.train.num_workers}w-{time.time_ns()}"
+    storage = os.path.join(workdir, "ray")
+    result = fit(
+        exp, train_uri, test_uri, storage_path=storage, run_name=name, tracking_uri=uri, clip_cache=cache
+    )
+    history = MlflowClient(tracking_uri=uri).get_metric_history(result.mlflow_run_id, "train_clips_per_s")
+    per_epoch = [m.value for m in sorted(history, key=lambda m: m.step)][
+        1:
+    ]  # the first epoch includes start-up
+    return statistics.median(per_epoch) / (exp.train.batch_size * exp.train.num_workers)
+
+
+def main() -> None:
+    args = parse_args()
+    import ray
+
+    from pipeline.cache import cached_clip_dataset
+    from pipeline.prepare import prepare_manifest
+    from pipeline.synth import synthesize
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="stpa-bench-train-")
+    data = os.path.join(workdir, "data")
+    if not os.path.exists(os.path.join(workdir, "manifests", "train.parquet")):
+        summary = synthesize(
+            "ucf101", data, num_classes=args.num_classes, videos_per_class=args.videos_per_class,
+            width=160, height=128, num_frames=32,
+        )  # fmt: skip
+        prepare_manifest(
+            "ucf101", summary.videos_uri, summary.annotations_uri, os.path.join(workdir, "manifests")
+        )
+    train_uri = os.path.join(workdir, "manifests", "train.parquet")
+    test_uri = os.path.join(workdir, "manifests", "test.parquet")
+    cache = os.path.join(workdir, "cache")
+
+    ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    exp = experiment(args, args.num_classes, num_workers=1)
+    dataset, entry = cached_clip_dataset(train_uri, exp.train_clips, cache)
+    batches = list(dataset.iter_batches(batch_size=args.batch_size, batch_format="numpy", drop_last=True))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
+    print(f"model {args.variant} {args.input_size}px K={args.num_segments} batch {args.batch_size}; "
+          f"{entry.num_rows} cached training clips ({'hit' if entry.hit else 'built'})")  # fmt: skip
+
+    plain = [plain_steps_per_second(exp, batches, args.plain_steps)]
+    print(f"plain loop: {plain[-1]:.3f} steps/s", flush=True)
+    ray_rate = ray_steps_per_second(exp, train_uri, test_uri, cache, workdir)
+    print(f"ray train loop (1 worker): {ray_rate:.3f} steps/s", flush=True)
+    plain.append(plain_steps_per_second(exp, batches, args.plain_steps))
+    print(f"plain loop: {plain[-1]:.3f} steps/s", flush=True)
+    plain_rate = statistics.mean(plain)
+    extra = ""
+    if args.ddp:
+        ddp = ray_steps_per_second(experiment(args, args.num_classes, 2), train_uri, test_uri, cache, workdir)
+        print(f"ray train loop (2 DDP workers): {ddp:.3f} steps/s per rank (global batch x2)", flush=True)
+        extra = f" ddp2_steps_per_s={ddp:.3f} ddp2_clips_per_s={ddp * 2 * args.batch_size:.2f}"
+    ray.shutdown()
+    print(
+        f"RESULT train ratio={ray_rate / plain_rate:.3f} ray_steps_per_s={ray_rate:.3f} "
+        f"plain_steps_per_s={plain_rate:.3f} workers=1 model={args.variant} batch={args.batch_size}{extra}"
+    )
+
+
+if __name__ == "__main__":
+    main()
