@@ -39,6 +39,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plain-steps", type=int, default=20)
     parser.add_argument("--ddp", action="store_true", help="also measure 2 DDP workers")
     parser.add_argument(
+        "--use-gpu", action="store_true", help="train on one GPU per worker with bf16 autocast"
+    )
+    parser.add_argument(
         "--workdir", default=None, help="where data, cache and checkpoints go (default: temp)"
     )
     return parser.parse_args()
@@ -65,6 +68,8 @@ def experiment(args, num_classes: int, num_workers: int):
             "train.cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers),
             "train.eval_every": 1000,
             "train.num_heatmap_clips": 0,
+            "train.use_gpu": args.use_gpu,
+            "train.precision": "bf16" if args.use_gpu else "fp32",
         }
     )
     return apply_overrides(smoke("ucf101", num_classes), overrides)
@@ -78,7 +83,9 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
     from stpa_model import STPANet, total_loss
 
     torch.manual_seed(0)
-    model = STPANet(exp.model).train()
+    device = torch.device("cuda" if exp.train.use_gpu else "cpu")
+    amp = exp.train.precision == "bf16"
+    model = STPANet(exp.model).to(device).train()
     optimizer = build_optimizer(model, exp.optim, scaled_lr(exp.optim, exp.train.batch_size))
     tensors = [
         (torch.from_numpy(b[schema.FRAMES]), torch.from_numpy(b[schema.LABEL].astype(np.int64)))
@@ -87,7 +94,9 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
 
     def step(i: int) -> None:
         frames, labels = tensors[i % len(tensors)]
-        output = model(frames_to_model_input(frames))
+        frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            output = model(frames_to_model_input(frames))
         loss, _ = total_loss(output, labels, exp.model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), exp.optim.grad_clip_norm)
@@ -96,9 +105,13 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
 
     for i in range(3):  # warm-up
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(num_steps):
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return num_steps / (time.perf_counter() - start)
 
 
