@@ -86,3 +86,21 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"shared test videos not found at {SHARED_VIDEOS}")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="module")
+def ray_local(request: pytest.FixtureRequest):
+    """A real local Ray for one test module, bound to loopback. A module sets ``RAY_NUM_CPUS`` to ask for more
+    logical CPUs than the default 2 (training holds one per Ray Train worker; decoding needs its own)."""
+    import ray
+    import ray.data
+
+    ray.init(
+        num_cpus=getattr(request.module, "RAY_NUM_CPUS", 2),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import ray
 
 from pipeline import schema
 from pipeline.cache import SUCCESS_FILE, cache_key, cached_clip_dataset
@@ -21,14 +20,6 @@ TEST = ClipConfig(
     num_segments=3, frames_per_segment=2, train=False, short_side=32, crop_size=24, test_crops=3
 )
 TRAIN = ClipConfig(num_segments=3, frames_per_segment=1, short_side=32, crop_size=24, decode_batch_size=2)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 def collect(ds) -> dict[str, np.ndarray]:

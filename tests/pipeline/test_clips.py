@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import ray
 
 from pipeline import sampling, schema
 from pipeline.clips import ClipConfig, DecodeReport, build_clip_dataset, sample_indices
@@ -18,14 +17,6 @@ TEST_KEEP_SIZE = ClipConfig(
     num_segments=4, frames_per_segment=2, train=False, short_side=None, crop_size=None, num_test_clips=2
 )
 TRAIN = ClipConfig(num_segments=4, frames_per_segment=1, short_side=32, crop_size=24, decode_batch_size=2)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

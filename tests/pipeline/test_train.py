@@ -23,14 +23,8 @@ from pipeline.train import fit, steps_per_epoch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    # More logical CPUs than cores: 2 train workers hold 2 CPUs for the whole run; decode tasks need their own.
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
+# More logical CPUs than cores: 2 train workers hold 2 CPUs for the whole run; decode tasks need their own.
+RAY_NUM_CPUS = 4
 
 
 def _dataset(root, layout: str, num_classes: int, videos_per_class: int) -> tuple[str, str]:
@@ -61,7 +55,7 @@ def _smoke(num_classes: int, dataset: str = "ucf101", **overrides):
     return apply_overrides(smoke(dataset, num_classes), overrides)
 
 
-def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_cluster, ucf_data, tmp_path):
+def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, ucf_data, tmp_path):
     """About a minute of 2-worker training on the generator's multi-frame classes beats chance (0.2) widely."""
     from mlflow.tracking import MlflowClient
 
@@ -100,7 +94,7 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_cluster, 
     assert client.list_artifacts(run.info.run_id, "model"), "the model was not logged"
 
 
-def test_charades_multilabel_run_writes_submission(ray_cluster, tmp_path):
+def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
     train_uri, test_uri = _dataset(tmp_path, "charades", num_classes=6, videos_per_class=6)
@@ -122,7 +116,7 @@ def test_charades_multilabel_run_writes_submission(ray_cluster, tmp_path):
     assert all(len(line.split()) == 1 + len(class_names) for line in lines)
 
 
-def test_resume_after_driver_restart_same_run_name(ray_cluster, ucf_data, tmp_path):
+def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path):
     train_uri, test_uri = ucf_data
     uri = _mlflow(tmp_path)
     storage = str(tmp_path / "ray")
@@ -149,7 +143,7 @@ def test_resume_after_driver_restart_same_run_name(ray_cluster, ucf_data, tmp_pa
     assert second.metrics["global_step"] == 3 * per_epoch
 
 
-def test_killed_worker_restarts_from_last_checkpoint(ray_cluster, ucf_data, tmp_path):
+def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_path):
     import psutil
 
     train_uri, test_uri = ucf_data
