@@ -460,8 +460,13 @@ def build_clip_dataset(
     table = table.select(
         [schema.VIDEO_ID, schema.VIDEO_URI, schema.NUM_FRAMES, schema.DECODE_METHOD, label_column]
     )
-    if config.train and epoch is not None:
-        order = np.random.default_rng([config.seed, epoch]).permutation(table.num_rows)
+    if config.train:
+        # Manifests list videos class by class; a block (and so a batch) of consecutive rows would hold one class.
+        # With a fixed epoch, the order is drawn per epoch; with epoch=None (one dataset re-iterated by Ray Train),
+        # it is drawn once and the block order is randomised per pass below (the training loop adds a local
+        # shuffle buffer so rows also move between blocks).
+        stream = [config.seed] if epoch is None else [config.seed, epoch]
+        order = np.random.default_rng(stream).permutation(table.num_rows)
         table = table.take(pa.array(order))
     num_decoders = config.num_decoders or max(1, int(ray.cluster_resources().get("CPU", 1)))
     size = config.decode_batch_size or min(MAX_AUTO_BATCH, max(1, -(-table.num_rows // (4 * num_decoders))))

@@ -12,6 +12,7 @@ that another never reaches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -163,9 +164,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()  # [ray]
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # [ray]
-    if (
-        device.type == "cpu"
-    ):  # intra-op threads = the CPUs Ray gave this worker (it sets OMP_NUM_THREADS to 1 below 1)
+    # CPU training: as many intra-op threads as CPUs Ray gave this worker (Ray's OMP_NUM_THREADS says 1 below 1).
+    if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
     test_table = pa.Table.from_pylist(loop_config["test_rows"], schema=loop_config["test_schema"])
@@ -212,27 +212,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss_sum = torch.zeros((), device=device)
         part_sums: dict[str, torch.Tensor] = {}
         num_batches = 0
+        optimizer.zero_grad(set_to_none=True)  # an epoch's last incomplete accumulation does not carry over
         batches = train_shard.iter_torch_batches(  # [ray]
             batch_size=cfg.batch_size,
             drop_last=True,
             collate_fn=_collate_train,
             device=device,
             prefetch_batches=2,
+            local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
         )
         for step, batch in enumerate(batches):
             if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
                 break
             clips = frames_to_model_input(batch[schema.FRAMES])
             targets = batch[schema.LABELS] if exp.model.multi_label else batch[schema.LABEL]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                output = model(clips)
-            loss, parts = total_loss(output, targets, exp.model)
-            loss = loss / cfg.grad_accum_steps
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if (step + 1) % cfg.grad_accum_steps == 0:
+            is_update = (step + 1) % cfg.grad_accum_steps == 0
+            # DDP all-reduces gradients on the micro-step that updates; the others accumulate locally.
+            sync = contextlib.nullcontext() if is_update or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
+                    output = model(clips)
+                loss, parts = total_loss(output, targets, exp.model)
+                loss = loss / cfg.grad_accum_steps
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            if is_update:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if exp.optim.grad_clip_norm is not None:
@@ -251,9 +259,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             num_batches += 1
             steps_this_attempt += 1
             if rank == 0 and cfg.log_every_steps and step % cfg.log_every_steps == 0:
-                parts_text = " ".join(
-                    f"{k} {v.item():.4f}" for k, v in parts.items()
-                )  # host sync, logging only
+                parts_text = " ".join(f"{k} {v.item():.4f}" for k, v in parts.items())  # host sync: logging
                 print(f"  epoch {epoch + 1} step {step + 1}/{num_steps} {parts_text}", flush=True)
         train_seconds = time.perf_counter() - epoch_start
         train_loss = (loss_sum / max(1, num_batches)).item()  # host sync, once per epoch

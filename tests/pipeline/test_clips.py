@@ -168,3 +168,19 @@ def test_bad_manifest_names_the_missing_column(tmp_path):
 
     with pytest.raises(ValueError, match="num_frames"):
         build_clip_dataset(pa.table({schema.VIDEO_ID: ["a"], schema.VIDEO_URI: ["x"]}), TRAIN)
+
+
+def test_training_rows_are_shuffled_across_decode_blocks(ray_local, videos):
+    """Manifests list videos class by class; training blocks must not be runs of consecutive rows (batches of
+    one class), also when one dataset is re-iterated by Ray Train (epoch=None)."""
+    _, rows = videos
+    rows = sorted(rows, key=lambda r: (r[schema.LABEL], r[schema.VIDEO_ID]))
+    manifest_order = [r[schema.VIDEO_ID] for r in rows]
+    config = dataclasses.replace(TRAIN, decode_batch_size=3)
+    ds = build_clip_dataset(clip_data.manifest_table(rows), config)  # epoch=None
+    blocks = [b[schema.VIDEO_ID].tolist() for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sorted(sum(blocks, [])) == sorted(manifest_order)
+    consecutive = [manifest_order[i : i + 3] for i in range(0, len(manifest_order), 3)]
+    assert sorted(blocks) != sorted(consecutive), (
+        "decode blocks are runs of consecutive (same-class) manifest rows"
+    )
