@@ -48,7 +48,12 @@ def smoke(dataset: str, num_classes: int) -> ExperimentConfig:
         val_clips=val,
         test_clips=test,
         optim=OptimConfig(
-            optimizer="adamw", lr=1e-2, reference_batch_size=8, weight_decay=1e-4, warmup_steps=2
+            optimizer="adamw",
+            lr=5e-3,
+            reference_batch_size=8,
+            weight_decay=1e-4,
+            warmup_steps=2,
+            min_lr_factor=0.1,
         ),
         train=TrainConfig(
             epochs=2,

@@ -44,7 +44,7 @@ def _dataset(root, layout: str, num_classes: int, videos_per_class: int) -> tupl
 
 @pytest.fixture(scope="module")
 def ucf_data(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("ucf"), "ucf101", num_classes=5, videos_per_class=12)
+    return _dataset(tmp_path_factory.mktemp("ucf"), "ucf101", num_classes=5, videos_per_class=16)
 
 
 def _mlflow(tmp_path):
@@ -98,12 +98,19 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
     train_uri, test_uri = _dataset(tmp_path, "charades", num_classes=6, videos_per_class=6)
-    exp = _smoke(6, dataset="charades", **{"train.epochs": 1, "train.num_heatmap_clips": 0})
+    exp = _smoke(
+        6,
+        dataset="charades",
+        **{"train.epochs": 1, "train.num_heatmap_clips": 0, "train.grad_accum_steps": 2},
+    )
     uri = _mlflow(tmp_path)
     result = fit(
         exp, train_uri, test_uri, storage_path=str(tmp_path / "ray"), run_name="c1", tracking_uri=uri
     )
     assert 0.0 <= result.metrics["test_map"] <= 1.0
+    micro_steps = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, exp.train.batch_size)
+    assert micro_steps >= 2
+    assert result.metrics["global_step"] == micro_steps // 2  # one optimiser update per 2 accumulated batches
     client = MlflowClient(tracking_uri=uri)
     local = client.download_artifacts(
         result.mlflow_run_id, "evaluation/charades_submission.txt", str(tmp_path)
