@@ -420,6 +420,13 @@ def fit(
             f"x batch {cfg.batch_size}: lower train.batch_size or train.num_workers"
         )
 
+    if cfg.freeze_bn != "none" and not cfg.pretrained:
+        print(
+            f"warning: train.freeze_bn={cfg.freeze_bn!r} without pretrained weights: frozen BatchNorm layers keep "
+            "their initial statistics (mean 0, variance 1) and normalise nothing, so a deep backbone's activations "
+            "blow up (losses of ~50 here with ResNet-50). Pass --pretrained, or --set train.freeze_bn=none.",
+            flush=True,
+        )
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     run_id = None
     if uri:
