@@ -29,7 +29,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare_manifest(
         args.dataset, videos, annotations or "", args.out, split=args.split, num_workers=args.num_workers
     )
-    print(report.summary() if hasattr(report, "summary") else report)
+    print(report.summary())
     return 0
 
 

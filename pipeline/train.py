@@ -401,7 +401,7 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     from pipeline.prepare import read_manifest
-    from pipeline.tracking import find_or_create_run, flatten_config
+    from pipeline.tracking import find_or_create_run
     from pipeline.tracking import tracking_uri as default_tracking_uri
 
     cfg = exp.train
@@ -432,7 +432,7 @@ def fit(
     if uri:
         run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
         if not resumed:
-            _log_run_setup(uri, run_id, exp, train_manifest, test_manifest, flatten_config)
+            _log_run_setup(uri, run_id, exp, train_manifest, test_manifest)
 
     storage_filesystem, storage_root = _storage(storage_path)
     train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
@@ -496,25 +496,34 @@ def _storage(storage_path: str):
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
-def _log_run_setup(uri, run_id, exp, train_manifest, test_manifest, flatten_config) -> None:
-    """Params and setup facts, once per run, from the driver."""
+def _log_run_setup(
+    uri: str, run_id: str, exp: ExperimentConfig, train_manifest: str, test_manifest: str
+) -> None:
+    """Params and setup facts, once per run, from the driver, in one batch."""
     import hashlib
     import platform
 
+    from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
     from pipeline.storage import read_bytes
+    from pipeline.tracking import flatten_config
 
-    client = MlflowClient(tracking_uri=uri)
-    for key, value in flatten_config(exp).items():
-        client.log_param(run_id, key, value[:6000])
+    params = {key: value[:6000] for key, value in flatten_config(exp).items()}
     for name, manifest in (("train", train_manifest), ("test", test_manifest)):
-        client.log_param(run_id, f"manifest.{name}.uri", manifest)
-        client.log_param(run_id, f"manifest.{name}.sha256", hashlib.sha256(read_bytes(manifest)).hexdigest())
-    client.set_tag(run_id, "system.python", platform.python_version())
-    client.set_tag(run_id, "system.torch", torch.__version__)
-    client.set_tag(run_id, "system.platform", platform.platform())
-    client.set_tag(run_id, "system.cuda", str(torch.cuda.is_available()))
+        params[f"manifest.{name}.uri"] = manifest
+        params[f"manifest.{name}.sha256"] = hashlib.sha256(read_bytes(manifest)).hexdigest()
+    tags = {
+        "system.python": platform.python_version(),
+        "system.torch": torch.__version__,
+        "system.platform": platform.platform(),
+        "system.cuda": str(torch.cuda.is_available()),
+    }
+    MlflowClient(tracking_uri=uri).log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
 
 
 def _log_decode_failures(uri: str, run_id: str, report: DecodeReport) -> None:
