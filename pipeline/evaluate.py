@@ -81,7 +81,8 @@ def predict_batches(
     model.eval()
     ids, views, scores = [], [], []
     for batch in batches:
-        frames = torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES])).to(device, non_blocking=True)
+        frames = np.require(batch[schema.FRAMES], requirements=["C", "W"])  # Ray's batches can be read-only
+        frames = torch.from_numpy(frames).to(device, non_blocking=True)
         x = frames_to_model_input(frames)
         with torch.autocast(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
@@ -168,3 +169,84 @@ def compute_metrics(
         "num_videos_missing": float(num_missing),
     }
     return scalars, {"confusion": m.confusion if m else None, "video_ids": video_ids, "scores": video_scores}
+
+
+class ClipScorer:
+    """A Ray Data actor that scores clip batches with one model: batch inference for offline evaluation.
+
+    Loads the weights once per actor (any fsspec URI, ``weights_only=True``), then maps each numpy clip batch to
+    its ``video_id``, ``view`` and class ``scores`` (softmax, or sigmoid for multi-label).
+    """
+
+    def __init__(self, model_config, weights_uri: str, precision: str = "fp32") -> None:
+        import io
+
+        from pipeline.storage import read_bytes
+        from stpa_model import STPANet
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.multi_label = model_config.multi_label
+        model = STPANet(model_config)
+        state = torch.load(io.BytesIO(read_bytes(weights_uri)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        self.model = model.to(self.device).eval()
+        self.autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        p = predict_batches(self.model, [batch], self.multi_label, self.device, self.autocast)
+        return {schema.VIDEO_ID: p.video_ids, schema.VIEW: p.views, "scores": p.scores.astype(np.float32)}
+
+
+def evaluate_weights(
+    exp,
+    weights_uri: str,
+    test_manifest: str | pa.Table,
+    *,
+    num_scorers: int = 1,
+    use_gpu: bool = False,
+    batch_size: int | None = None,
+    report=None,
+) -> tuple[dict[str, float], dict, Predictions]:
+    """Multi-view evaluation of saved weights on a test manifest with Ray Data (no Ray Train, no DDP).
+
+    Decode tasks (``build_clip_dataset`` with ``exp.test_clips``) feed ``num_scorers`` ``ClipScorer`` actors (one
+    GPU each with ``use_gpu``), so evaluation scales with the cluster's CPUs and GPUs independently of training.
+    Views are combined with ``exp.train.view_reduce`` and scored as in training's final evaluation.
+
+    Returns:
+        ``(scalars, details, predictions)`` as ``compute_metrics`` returns them, plus the per-view predictions.
+    """
+    from pipeline.clips import build_clip_dataset, read_manifest_table
+
+    table = read_manifest_table(test_manifest)
+    clips = exp.test_clips
+    dataset = build_clip_dataset(table, clips, report=report)
+    scored = dataset.map_batches(
+        ClipScorer,
+        fn_constructor_kwargs={
+            "model_config": exp.model,
+            "weights_uri": weights_uri,
+            "precision": exp.train.precision,
+        },
+        batch_size=batch_size or exp.train.batch_size,
+        batch_format="numpy",
+        compute=_actor_pool(num_scorers),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
+    )
+    parts = [
+        Predictions(np.asarray(b[schema.VIDEO_ID]), np.asarray(b[schema.VIEW], dtype=np.int32), b["scores"])
+        for b in scored.iter_batches(batch_size=None, batch_format="numpy")
+    ]
+    predictions = Predictions.concatenate(parts)
+    check_complete(predictions, np.asarray(table.column(schema.VIDEO_ID).to_pylist()), clips.num_views)
+    scalars, details = compute_metrics(
+        predictions, table, exp.model.num_classes, exp.model.multi_label, exp.train.view_reduce
+    )
+    return scalars, details, predictions
+
+
+def _actor_pool(size: int):
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=max(1, size))

@@ -91,3 +91,10 @@ def _same_form(uri: str, base_path: str, found: str) -> str:
         return found
     relative = posixpath.relpath(found.rstrip("/"), base_path.rstrip("/"))
     return posixpath.join(uri, relative)
+
+
+def remove(uri: str) -> None:
+    """Delete one file (no error when it is already gone)."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path)

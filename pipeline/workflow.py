@@ -1,0 +1,300 @@
+"""Durable workflow DAGs from plain Ray tasks: steps chained by ObjectRefs, committed to storage with a marker.
+
+``ray.workflow`` is gone (last in Ray 2.47) and ``DAGNode.execute`` is deprecated (DESIGN.md), so a workflow here
+is a handful of ``Step`` objects and one function, ``run_workflow``, that submits each unfinished step as a Ray task
+(``max_retries``) whose arguments are its upstream steps' ObjectRefs. Durability comes from storage, not from Ray:
+
+    <run root>/<workflow id>/<step>/<key>/
+        outputs.json    what the step returns (a JSON dict: URIs, metrics, ids)
+        ...             whatever the step writes into its folder (manifests, caches)
+        _SUCCESS        written last: the step is committed
+
+``key`` hashes the step's name, version, config and its upstream steps' keys, so a changed config or upstream
+gives a new folder and never reuses stale outputs. A re-run with the same workflow id skips every committed step
+(and says so), re-runs the rest, and a long step resumes from its own checkpoints (training passes a run name
+derived from the key to Ray Train). Usage::
+
+    data = Step("data", make_data, config={"classes": 5})
+    train = Step("train", train_model, config=cfg, inputs={"data": data})
+    outputs = run_workflow([train], root="s3://bucket/runs", workflow_id="charades-smoke-1a2b3c")
+    outputs["train"]["checkpoint_uri"]
+
+A step function is ``fn(ctx: StepContext, **upstream_outputs) -> dict`` and runs in a Ray task, so it may run on any
+node: it must read and write through ``pipeline.storage`` (fsspec) only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import storage
+
+MARKER = "_SUCCESS"
+OUTPUTS = "outputs.json"
+PLAN = "workflow.json"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a running step knows about itself."""
+
+    workflow_id: str
+    step: str
+    key: str
+    out_dir: str  # the step's folder (URI): write artifacts here
+    config: dict[str, Any]
+    settings: dict[str, Any]  # Step.settings: environment facts that are not part of the key
+    fresh: bool  # True when the step was forced to run again (--rerun): do not resume earlier attempts
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One node of a workflow DAG.
+
+    Attributes:
+        name: unique within the workflow; also the folder name.
+        fn: ``fn(ctx, **inputs) -> dict`` (JSON-serialisable), a module-level function (Ray pickles it).
+        config: JSON-serialisable settings; part of the step's key.
+        settings: facts about where it runs (a tracking URI, scorer count), passed along but not in the key.
+        inputs: upstream steps by the keyword their outputs are passed under.
+        version: bump when the step's code changes meaning, so old outputs are not reused.
+        max_retries: Ray task retries on a crash (worker or node death) or a retryable exception.
+        num_cpus, num_gpus: resources the step's own task holds (0 for steps that only drive other Ray work).
+    """
+
+    name: str
+    fn: Callable[..., dict]
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Step] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    version: str = "1"
+    max_retries: int = 2
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"step name must be a non-empty folder name, got {self.name!r}")
+        try:
+            json.dumps(self.config, sort_keys=True)
+        except TypeError as e:
+            raise ValueError(f"step {self.name!r}: config is not JSON-serialisable: {e}") from None
+
+
+def topological_order(targets: Sequence[Step]) -> list[Step]:
+    """Every step the targets need, upstream first; fails on a cycle or two different steps sharing a name."""
+    order: list[Step] = []
+    state: dict[int, str] = {}  # id(step) -> "visiting" | "done"
+    names: dict[str, Step] = {}
+
+    def visit(step: Step, path: tuple[str, ...]) -> None:
+        if state.get(id(step)) == "done":
+            return
+        if state.get(id(step)) == "visiting":
+            raise ValueError(f"workflow has a cycle: {' -> '.join((*path, step.name))}")
+        if step.name in names and names[step.name] is not step:
+            raise ValueError(f"two different steps are named {step.name!r}")
+        names[step.name] = step
+        state[id(step)] = "visiting"
+        for upstream in step.inputs.values():
+            visit(upstream, (*path, step.name))
+        state[id(step)] = "done"
+        order.append(step)
+
+    for target in targets:
+        visit(target, ())
+    return order
+
+
+def step_keys(order: Sequence[Step]) -> dict[str, str]:
+    """Each step's key: sha256 of (name, version, config, upstream keys), 12 hex digits."""
+    keys: dict[str, str] = {}
+    for step in order:
+        payload = {
+            "name": step.name,
+            "version": step.version,
+            "config": step.config,
+            "inputs": {arg: keys[upstream.name] for arg, upstream in sorted(step.inputs.items())},
+        }
+        keys[step.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return keys
+
+
+def step_dir(root: str, workflow_id: str, step: str, key: str) -> str:
+    return storage.join(root, workflow_id, step, key)
+
+
+def config_id(prefix: str, config: dict[str, Any]) -> str:
+    """A workflow id derived from a configuration: ``<prefix>-<8 hex digits of its hash>``."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    name: str
+    key: str
+    out_dir: str
+    done: bool
+    upstream: tuple[str, ...]
+    finished_at: str | None = None  # from the marker
+    seconds: float | None = None
+
+
+def plan(targets: Sequence[Step], root: str, workflow_id: str) -> list[StepStatus]:
+    """The DAG in execution order with each step's key, folder and whether it is committed (reads markers)."""
+    order = topological_order(targets)
+    keys = step_keys(order)
+    statuses = []
+    for step in order:
+        out_dir = step_dir(root, workflow_id, step.name, keys[step.name])
+        marker = storage.join(out_dir, MARKER)
+        done = storage.exists(marker)
+        info = json.loads(storage.read_text(marker) or "{}") if done else {}
+        statuses.append(
+            StepStatus(
+                step.name,
+                keys[step.name],
+                out_dir,
+                done,
+                tuple(upstream.name for upstream in step.inputs.values()),
+                info.get("finished_at"),
+                info.get("seconds"),
+            )
+        )
+    return statuses
+
+
+def format_plan(statuses: Sequence[StepStatus], workflow_id: str) -> str:
+    lines = [f"workflow {workflow_id}: {len(statuses)} steps"]
+    for s in statuses:
+        after = f" (after {', '.join(s.upstream)})" if s.upstream else ""
+        state = f"done {s.finished_at}, {s.seconds:.0f}s" if s.done else "to run"
+        lines.append(f"  {s.name:<9} {s.key}  {state:<32}{after}")
+        lines.append(f"  {'':<9} {s.out_dir}")
+    return "\n".join(lines)
+
+
+def _execute(fn: Callable[..., dict], ctx: StepContext, input_names: list[str], *upstream: dict) -> dict:
+    """The body of every step's Ray task: run the function, then commit outputs and the marker (last)."""
+    start = time.time()
+    print(f"[workflow {ctx.workflow_id}] {ctx.step}: started ({ctx.out_dir})", flush=True)
+    outputs = fn(ctx, **dict(zip(input_names, upstream, strict=True)))
+    if not isinstance(outputs, dict):
+        raise TypeError(f"step {ctx.step!r} returned {type(outputs).__name__}, expected a dict")
+    storage.write_text(storage.join(ctx.out_dir, OUTPUTS), json.dumps(outputs, indent=1, sort_keys=True))
+    seconds = time.time() - start
+    marker = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds, "key": ctx.key}
+    storage.write_text(storage.join(ctx.out_dir, MARKER), json.dumps(marker))
+    return outputs
+
+
+def _retryable_exceptions() -> list[type[BaseException]]:
+    """Exceptions worth retrying (I/O, lost workers, failed training attempts); config errors are not."""
+    import ray.exceptions
+
+    return [OSError, TimeoutError, ConnectionError, RuntimeError, ray.exceptions.RayError]
+
+
+def run_workflow(
+    targets: Sequence[Step],
+    root: str,
+    workflow_id: str,
+    *,
+    rerun: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Run the DAG that produces ``targets``, skipping committed steps; returns every step's outputs by name.
+
+    Args:
+        targets: the final steps; their upstream steps are found through ``Step.inputs``.
+        root: the run root (path or fsspec URI) shared by every node that may run a step.
+        workflow_id: names the run: the same id resumes it.
+        rerun: step names to run again although committed; their downstream steps run again too.
+        log: where progress lines go.
+    """
+    import ray
+
+    order = topological_order(targets)
+    keys = step_keys(order)
+    unknown = set(rerun) - {step.name for step in order}
+    if unknown:
+        raise ValueError(f"--rerun names unknown steps {sorted(unknown)}; steps: {[s.name for s in order]}")
+    root = storage.normalize_uri(root)
+    _write_plan(order, keys, root, workflow_id)
+    forced: set[str] = set()
+    for step in order:
+        if step.name in rerun or any(upstream.name in forced for upstream in step.inputs.values()):
+            forced.add(step.name)
+
+    results: dict[str, Any] = {}  # name -> outputs dict (committed) or ObjectRef (submitted)
+    pending: dict[Any, str] = {}
+    for step in order:
+        out_dir = step_dir(root, workflow_id, step.name, keys[step.name])
+        marker = storage.join(out_dir, MARKER)
+        if step.name not in forced and storage.exists(marker):
+            info = json.loads(storage.read_text(marker) or "{}")
+            log(f"skip {step.name}: finished {info.get('finished_at', '?')} ({out_dir})")
+            results[step.name] = json.loads(storage.read_text(storage.join(out_dir, OUTPUTS)))
+            continue
+        if step.name in forced:
+            storage.remove(marker)  # uncommitted until it finishes again
+        fresh = step.name in forced
+        ctx = StepContext(workflow_id, step.name, keys[step.name], out_dir, step.config, step.settings, fresh)
+        names = list(step.inputs)
+        task = ray.remote(_execute).options(
+            name=f"{workflow_id}.{step.name}",
+            max_retries=step.max_retries,
+            retry_exceptions=_retryable_exceptions(),
+            num_cpus=step.num_cpus,
+            num_gpus=step.num_gpus,
+        )
+        ref = task.remote(step.fn, ctx, names, *(results[step.inputs[n].name] for n in names))  # [ray]
+        results[step.name] = ref
+        pending[ref] = step.name
+        log(f"submit {step.name} (key {keys[step.name]})")
+
+    while pending:  # report steps as they finish; the first failure stops the workflow
+        done, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(done[0])
+        try:
+            results[name] = ray.get(done[0])
+        except Exception as e:
+            for ref in pending:
+                ray.cancel(ref)
+            raise WorkflowError(workflow_id, name, e) from e
+        log(f"done {name}")
+    return results
+
+
+class WorkflowError(RuntimeError):
+    def __init__(self, workflow_id: str, step: str, cause: BaseException) -> None:
+        super().__init__(
+            f"workflow {workflow_id}: step {step!r} failed after its retries: {cause}\n"
+            f"Fix the cause and run the same command again (same --workflow-id): committed steps are skipped."
+        )
+        self.step = step
+
+
+def _write_plan(order: Sequence[Step], keys: dict[str, str], root: str, workflow_id: str) -> None:
+    """``<root>/<workflow id>/workflow.json``: the DAG, its keys and configs, for people and tools."""
+    doc = {
+        "workflow_id": workflow_id,
+        "steps": [
+            {
+                "name": step.name,
+                "key": keys[step.name],
+                "version": step.version,
+                "inputs": {arg: upstream.name for arg, upstream in step.inputs.items()},
+                "config": step.config,
+                "out_dir": step_dir(root, workflow_id, step.name, keys[step.name]),
+            }
+            for step in order
+        ],
+    }
+    storage.write_text(storage.join(root, workflow_id, PLAN), json.dumps(doc, indent=1, sort_keys=True))
