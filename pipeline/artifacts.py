@@ -5,7 +5,7 @@
   per video: the id, then the class scores separated by spaces) so the official evaluation script can check them.
 - Attention heat maps over a few test clips (the paper's qualitative figure): per frame, the attention mass each
   position receives, upsampled to the input size and overlaid on the frame.
-- The model: ``mlflow.pytorch.log_model`` with an input example.
+- The model: the video classifier pyfunc of ``pipeline.serving`` (video paths in, class probabilities out).
 """
 
 from __future__ import annotations
@@ -144,46 +144,41 @@ def log_evaluation_artifacts(
                     run.client.log_artifact(run.run_id, path, artifact_path="attention")
 
 
-class LogitsOnly(torch.nn.Module):
-    """STPANet with the logits as its only output: what MLflow's PyTorch flavour and its signature expect."""
+def manifest_class_names(manifest_uri: str) -> list[str]:
+    """Class names from a manifest's Parquet schema metadata (the schema only is read, through fsspec)."""
+    import pyarrow.parquet as pq
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    from pipeline import storage
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """float (B, K, 3, H, W), ImageNet-normalised -> logits (B, num_classes)."""
-        return self.model(clips).logits
+    fs, path = storage.filesystem(manifest_uri)
+    with fs.open(path, "rb") as f:
+        try:
+            return schema.class_names_of(pq.read_schema(f))
+        except ValueError as error:
+            raise ValueError(f"{manifest_uri}: {error}") from None
 
 
-def log_model(uri: str, run_id: str, exp, weights_path: str) -> None:
-    """Log the best model, with an input example and its signature, as the run's MLflow PyTorch model.
+def log_model(uri: str, run_id: str, exp, weights_path: str, class_names: list[str] | None = None) -> str:
+    """Log the best model as the run's ``model``: the ``pipeline.serving`` pyfunc (registered by workflows).
 
-    The model is pickled (MLflow's ``pickle`` format) together with the ``stpa_model`` and ``pipeline`` source
-    (``code_paths``), so loading it needs only the pinned requirements, not this checkout.
+    Args:
+        uri: MLflow tracking URI.
+        run_id: The training run.
+        exp: The run's ``ExperimentConfig``.
+        weights_path: The best model's state dict (``best_model.pt``).
+        class_names: Class names in label order; default: those of the run's test manifest (param
+            ``manifest.test.uri``, logged when the run started).
+
+    Returns:
+        The model URI, ``runs:/<run_id>/model``.
     """
-    import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
 
-    import pipeline
-    import stpa_model
-    from stpa_model import STPANet
+    from pipeline.serving import log_pyfunc_model
 
-    model = STPANet(exp.model)
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
-    wrapped = LogitsOnly(model).eval()
-    clips = exp.test_clips
-    num_frames = clips.num_segments * clips.frames_per_segment
-    example = np.zeros((2, num_frames, 3, clips.crop_size, clips.crop_size), dtype=np.float32)
-    with torch.no_grad():
-        logits = wrapped(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            wrapped,
-            name="model",
-            input_example=example,
-            signature=infer_signature(example, logits),
-            serialization_format="pickle",
-            code_paths=[os.path.dirname(pipeline.__file__), os.path.dirname(stpa_model.__file__)],
-        )
+    if class_names is None:
+        params = MlflowClient(tracking_uri=uri).get_run(run_id).data.params
+        if "manifest.test.uri" not in params:
+            raise ValueError(f"run {run_id} has no param manifest.test.uri: pass the class names")
+        class_names = manifest_class_names(params["manifest.test.uri"])
+    return log_pyfunc_model(uri, run_id, exp, weights_path, class_names)

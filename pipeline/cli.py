@@ -1,4 +1,4 @@
-"""The ``stpa`` command line: ``stpa prepare``, ``stpa synth``, ``stpa inspect``.
+"""The ``stpa`` command line: ``stpa prepare``, ``stpa synth``, ``stpa inspect``, ``stpa models``, ``stpa predict``.
 
 Each subcommand parses its flags here and calls one function of the pipeline; heavy imports (Ray, decord, torch)
 happen inside the handlers so ``stpa --help`` is instant.
@@ -68,6 +68,147 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from pipeline.tracking import tracking_uri
+
+    return args.tracking_uri or tracking_uri()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.registry import list_models
+
+    uri = _tracking_uri(args)
+    models = list_models(uri)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
+        return 0
+    if not models:
+        print(f"no registered stpa models at {uri}; a training or sweep workflow registers one")
+        return 0
+    for m in models:
+        champion = f"champion v{m.champion_version}" if m.champion_version else "no champion"
+        metric = f"{m.primary_metric} {_fmt(m.champion_value)}" if m.champion_version else ""
+        print(f"{m.name:<20} {m.num_versions:>3} version(s)  {champion:<14} {metric}".rstrip())
+    return 0
+
+
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    from pipeline.registry import ModelNotFoundError, describe
+
+    uri = _tracking_uri(args)
+    try:
+        info = describe(uri, args.dataset)
+    except ModelNotFoundError as error:
+        raise SystemExit(f"stpa models show: {error}") from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']} (primary metric: {info['primary_metric']})")
+    champion = info["champion"]
+    if champion is None:
+        print("  no champion alias")
+    else:
+        print(
+            f"  champion: version {champion['version']}  {info['primary_metric']} {_fmt(champion['value'])}"
+        )
+        print(f"  run: {champion['run_link'] or champion['run_id']}")
+        print(f"  git commit: {champion['git_commit']}")
+        for key, value in sorted(champion["manifests"].items()):
+            print(f"  {key}: {value}")
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(champion["metrics"].items()))
+        print(f"  metrics: {metrics}")
+        config = champion["config"] or {}
+        model = config.get("model", {})
+        test = config.get("test_clips", {})
+        print(
+            f"  config: backbone {model.get('backbone')}  attention {model.get('attention')}  "
+            f"pyramid {model.get('pyramid_layers')}  input {model.get('input_size')}  "
+            f"test views {test.get('num_test_clips')}x{test.get('test_crops')}  "
+            f"view reduce {config.get('train', {}).get('view_reduce')}"
+        )
+    print("  versions:")
+    for v in info["versions"]:
+        mark = "  <- champion" if v["champion"] else ""
+        print(
+            f"    v{v['version']:<4} {info['primary_metric']} {_fmt(v['value'])}  run {v['run_id']}  {v['created']}{mark}"
+        )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.registry import CHAMPION, not_found_message, registered_model_name
+    from pipeline.serving import ERROR_COLUMN, VIDEO_COLUMN
+
+    uri = _tracking_uri(args)
+    name = registered_model_name(args.dataset)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise SystemExit(f"stpa predict: {not_found_message(uri, args.dataset)}") from None
+    if args.version is not None:
+        model_uri = f"models:/{name}/{args.version}"
+        try:
+            client.get_model_version(name, str(args.version))
+        except MlflowException:
+            raise SystemExit(
+                f"stpa predict: {name} has no version {args.version} (see stpa models show {args.dataset})"
+            ) from None
+    else:
+        alias = args.alias or CHAMPION
+        model_uri = f"models:/{name}@{alias}"
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            raise SystemExit(
+                f"stpa predict: {name} has no {alias!r} alias (see stpa models show {args.dataset}; or give "
+                "--version N)"
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    table = model.predict(list(args.videos), params={"on_error": "nan"})
+    class_names = [c for c in table.columns if c not in (VIDEO_COLUMN, ERROR_COLUMN)]
+    results = []
+    for _, row in table.iterrows():
+        scores = row[class_names].to_numpy(dtype=np.float64)
+        if row[ERROR_COLUMN]:
+            results.append({"video": row[VIDEO_COLUMN], "error": row[ERROR_COLUMN], "top": []})
+            continue
+        order = np.argsort(-scores, kind="stable")[: args.top_k]
+        top = [{"class": class_names[i], "probability": float(scores[i])} for i in order]
+        results.append({"video": row[VIDEO_COLUMN], "error": None, "top": top})
+    if args.json:
+        print(json.dumps({"model": model_uri, "predictions": results}, indent=2))
+    else:
+        print(f"model {model_uri}")
+        for result in results:
+            print(result["video"])
+            if result["error"]:
+                print(f"  error: {result['error']}")
+            for rank, entry in enumerate(result["top"], start=1):
+                print(f"  {rank}. {entry['class']}  {entry['probability']:.4f}")
+    failed = [r["video"] for r in results if r["error"]]
+    if failed:
+        print(
+            f"stpa predict: {len(failed)} video(s) could not be decoded: {', '.join(failed)}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stpa",
@@ -127,6 +268,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to save the clip (.npy)")
     p.add_argument("--contact-sheet", default=None, help="where to save a PNG contact sheet")
     p.set_defaults(handler=_cmd_inspect)
+
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
+    p = sub.add_parser(
+        "models",
+        help="the registered models: stpa models list | show DATASET",
+        description="Read the MLflow Model Registry: one registered model per dataset (stpa-<dataset>) whose alias "
+        "'champion' points at the best version by the dataset's primary metric.",
+    )
+    models = p.add_subparsers(dest="models_command", required=True)
+    q = models.add_parser("list", parents=[tracking], help="registered models, their versions and champions")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=_cmd_models_list)
+    q = models.add_parser(
+        "show", parents=[tracking], help="a dataset's champion: metrics, run link, config, and every version"
+    )
+    q.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, folder)")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=_cmd_models_show)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[tracking],
+        help="top-k classes of videos with a registered model",
+        description="Load a registered model (default: models:/stpa-<dataset>@champion) and print the top-k "
+        "classes of each video, decoded and sampled as evaluation does (multi-view test, views combined).",
+    )
+    p.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, folder)")
+    p.add_argument("videos", nargs="+", help="video paths or fsspec URIs")
+    p.add_argument("--top-k", type=int, default=5)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help="registry alias (default: champion)")
+    which.add_argument("--version", type=int, default=None, help="model version number")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_predict)
     return parser
 
 

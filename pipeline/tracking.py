@@ -24,6 +24,17 @@ def tracking_uri() -> str:
     return f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
+def default_artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite-tracked experiment go beside the database (``<db dir>/mlartifacts/<experiment>``),
+    not into ``./mlruns`` of whatever directory the process happens to run in; a server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    import pathlib
+
+    database = pathlib.Path(uri[len("sqlite:///") :])
+    return (database.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
 def experiment_name(dataset: str) -> str:
     return f"stpa-{dataset}"
 
@@ -58,7 +69,11 @@ def find_or_create_run(
     client = MlflowClient(tracking_uri=uri)
     name = experiment_name(dataset)
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+    )
     existing = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'DELETED'",
