@@ -263,8 +263,21 @@ def _ledger():
     context = ray.get_runtime_context()
     owner = (context.get_session_name(), context.get_worker_id())
     if owner not in _LEDGERS:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         _LEDGERS.clear()  # handles from an earlier Ray session are dead
-        _LEDGERS[owner] = ray.remote(num_cpus=0)(_DecodeLedger).remote()
+        # On this process's own node: the ledger then lives exactly as long as the driver that owns it. Left to the
+        # scheduler it may land on a worker node, whose loss would fail every later decode batch (seen in the
+        # node-loss test) although training itself could go on. Restarted (empty) if its process alone dies.
+        _LEDGERS[owner] = (
+            ray.remote(num_cpus=0)(_DecodeLedger)
+            .options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(context.get_node_id(), soft=True),
+                max_restarts=-1,
+                max_task_retries=-1,
+            )
+            .remote()
+        )
     return _LEDGERS[owner]
 
 
