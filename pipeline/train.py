@@ -50,6 +50,7 @@ class TrainConfig:
     num_workers: int = 2  # Ray Train workers (one per GPU when use_gpu)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"  # Ray placement of the workers: "PACK" (fewest nodes) | "SPREAD" | ...
     precision: str = "fp32"  # "bf16" or "fp16" autocast (fp16 uses a GradScaler); bf16 also runs on CPU
     freeze_bn: str = "none"  # "none" | "partial" (TSN) | "all" (what the peers need for Charades)
     compile: bool = False  # torch.compile the model on each worker
@@ -61,6 +62,9 @@ class TrainConfig:
     log_every_steps: int = 20
     pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
     num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
+    # Final multi-view test of the best weights inside training. Workflows turn it off and run their own
+    # evaluate step (Ray Data batch inference: pipeline.evaluate.evaluate_weights) instead.
+    final_test: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -69,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"view_reduce must be 'mean' or 'max', got {self.view_reduce!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.num_workers < 1:
             raise ValueError("epochs, batch_size, grad_accum_steps and num_workers must be >= 1")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(
+                f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {self.placement_strategy!r}"
+            )
         if self.freeze_bn not in ("none", "partial", "all"):
             raise ValueError(f"freeze_bn must be none, partial or all, got {self.freeze_bn!r}")
 
@@ -299,11 +307,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Final multi-view evaluation of the best model (the last one when validation never ran).
     if best_weights is not None:
         unwrap(model).load_state_dict(best_weights)
-    test, details = evaluate(model, test_table, exp.test_clips, exp, device, rank, world_size)
-    final = {f"test_{k}": v for k, v in test.items()}
+    final = {"best_" + metric_name: state.best_metric}
+    if cfg.final_test:
+        test, details = evaluate(model, test_table, exp.test_clips, exp, device, rank, world_size)
+        final.update({f"test_{k}": v for k, v in test.items()})
     final.update(epoch=state.epoch, global_step=state.global_step, restarts=state.restarts, final=1)
     final["steps_this_attempt"] = steps_this_attempt
-    if rank == 0:
+    if rank == 0 and cfg.final_test:
         print("test " + " ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
         if mlflow_run is not None:
             mlflow_run.log_metrics({k: float(v) for k, v in final.items()}, step=state.epoch)
@@ -384,6 +394,7 @@ def fit(
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
     clip_cache: str | None = None,
+    callbacks: list | None = None,
 ) -> FitResult:
     """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
 
@@ -396,6 +407,8 @@ def fit(
         clip_cache: decode-once cache root (``pipeline.cache``): the training clips are decoded once, written
             there as Parquet, and every epoch reads them back instead of decoding. Trades augmentation diversity
             (the same sampled clip and crop of each video every epoch) for speed.
+        callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
+            ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -458,6 +471,7 @@ def fit(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,
@@ -465,6 +479,7 @@ def fit(
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
+            callbacks=list(callbacks or []),
         ),
         datasets={"train": train_dataset},
     )
@@ -475,10 +490,18 @@ def fit(
         print(train_report.summary(), flush=True)
     if uri:
         _log_decode_failures(uri, run_id, train_report)
-    checkpoint_uri = result.checkpoint.path if result.checkpoint else ""
+    checkpoint_uri = _checkpoint_uri(storage_path, result.checkpoint.path) if result.checkpoint else ""
     if uri:
         _finish_run(uri, run_id, exp, result)
     return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
+
+
+def _checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
+    """The checkpoint folder as a URI: Ray reports it as a path inside the storage filesystem (no scheme)."""
+    from pipeline.storage import normalize_uri
+
+    scheme, sep, _ = normalize_uri(storage_path).partition("://")
+    return f"{scheme}://{checkpoint_path}" if sep and "://" not in checkpoint_path else checkpoint_path
 
 
 def _storage(storage_path: str):

@@ -1,24 +1,30 @@
-"""The command line shared by ``workflows/train_<dataset>.py``: flags, data, manifests, then ``pipeline.train.fit``.
+"""The command line shared by ``workflows/train_<dataset>.py`` and ``workflows/sweep_<dataset>.py``.
 
-Without ``--data-root`` a small dataset is generated in the official layout, so the command runs anywhere.
+Both build a DAG of steps (``workflows/steps.py``) and run it with ``pipeline.workflow.run_workflow``::
+
+    data ─▶ prepare ─▶ [cache] ─▶ train ─────────────▶ evaluate ─▶ register      (train_<dataset>.py)
+    data ─▶ prepare ─▶ [cache] ─▶ sweep ─▶ train (best config) ─▶ evaluate ─▶ register   (sweep_<dataset>.py)
+
+``data`` only when no ``--data-root`` is given (a small dataset in the official layout is generated). The same
+file works three ways: plain ``python`` starts a local Ray; inside ``ray job submit`` (which sets RAY_ADDRESS) or with
+``RAY_ADDRESS`` set it joins that cluster. Re-running with the same ``--workflow-id`` (by default derived from the
+configuration) skips finished steps and resumes training from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from pipeline import storage
 
-SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades"}
 
-
-def build_parser(dataset: str) -> argparse.ArgumentParser:
+def build_parser(dataset: str, sweep: bool = False) -> argparse.ArgumentParser:
+    what = "Sweep, retrain the best configuration," if sweep else "Train"
     parser = argparse.ArgumentParser(
-        prog=f"train_{dataset}.py",
-        description=f"Train and evaluate STPA on {dataset} with Ray Train, tracked in MLflow. Without --data-root "
-        "a small dataset is generated in the official layout first.",
+        prog=f"{'sweep' if sweep else 'train'}_{dataset}.py",
+        description=f"{what} evaluate and register STPA on {dataset}: a workflow of Ray tasks, tracked in MLflow. "
+        "Without --data-root a small dataset is generated in the official layout first.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -31,10 +37,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="clips per worker per step")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="train on GPUs (NCCL)")
     parser.add_argument(
-        "--storage", default="runs", help="checkpoints, manifests, generated data (path or URI)"
+        "--storage",
+        default="runs",
+        help="run root shared by all nodes (path or URI): step outputs, checkpoints, generated data",
     )
     parser.add_argument("--pretrained", default=None, help="ImageNet ResNet state dict for the backbone")
-    parser.add_argument("--run-name", default=None, help="Ray Train + MLflow run name; same name = resume")
     parser.add_argument(
         "--set",
         action="append",
@@ -43,9 +50,39 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         help="config override, e.g. --set model.beta=0.01 --set train_clips.num_segments=4",
     )
     parser.add_argument(
+        "--clip-cache", action="store_true", help="decode the training clips once (cache step)"
+    )
+    parser.add_argument(
+        "--workflow-id", default=None, help="names the run; the same id resumes it (default: from the config)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the DAG and each step's status, run nothing"
+    )
+    parser.add_argument(
+        "--rerun", action="append", default=[], metavar="STEP", help="run STEP (and what follows) again"
+    )
+    parser.add_argument("--no-register", action="store_true", help="stop after evaluate")
+    parser.add_argument(
+        "--eval-scorers",
+        type=int,
+        default=None,
+        help="model replicas scoring test clips (default: 1 per GPU)",
+    )
+    parser.add_argument(
         "--synth-videos-per-class", type=int, default=12, help="generated data: videos per class"
     )
     parser.add_argument("--synth-classes", type=int, default=5, help="generated data: number of classes")
+    if sweep:
+        parser.add_argument("--num-samples", type=int, default=4, help="Tune trials")
+        parser.add_argument(
+            "--axes",
+            default=None,
+            help="comma-separated sweep axes (pipeline/sweep.py; default: all): e.g. attention,pyramid_depth,lr",
+        )
+        parser.add_argument(
+            "--trial-epochs", type=int, default=None, help="epochs per trial (default: --epochs)"
+        )
+        parser.add_argument("--max-concurrent-trials", type=int, default=None, help="trials running at once")
     return parser
 
 
@@ -62,57 +99,8 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
-def ensure_data(dataset: str, args: argparse.Namespace, storage_root: str) -> str:
-    """The dataset root: ``--data-root``, or a generated dataset under the storage root (made once)."""
-    if args.data_root:
-        return args.data_root
-    from pipeline.synth import synthesize
-
-    root = storage.join(
-        storage_root, "data", f"synth-{dataset}-{args.synth_classes}x{args.synth_videos_per_class}"
-    )
-    marker = storage.join(root, "_SUCCESS")
-    if not storage.exists(marker):
-        print(f"generating a small {dataset} dataset in {root}", flush=True)
-        synthesize(
-            SYNTH_LAYOUT[dataset],
-            root,
-            num_classes=args.synth_classes,
-            videos_per_class=args.synth_videos_per_class,
-            width=96,
-            height=72,
-            num_frames=24,
-        )
-        storage.write_text(marker, "")
-    return root
-
-
-def ensure_manifests(dataset: str, data_root: str, split: int, storage_root: str) -> tuple[str, str]:
-    from pipeline.prepare import dataset_root_paths, prepare_manifest
-
-    out = storage.join(storage_root, "manifests", f"{dataset}-split{split}-{_slug(data_root)}")
-    train, test = storage.join(out, "train.parquet"), storage.join(out, "test.parquet")
-    if not (storage.exists(train) and storage.exists(test)):
-        videos, annotations = dataset_root_paths(dataset, data_root)
-        report = prepare_manifest(dataset, videos, annotations, out, split=split)
-        print(report.summary(), flush=True)
-    return train, test
-
-
-def _slug(uri: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(storage.normalize_uri(uri).encode()).hexdigest()[:10]
-
-
-def main(dataset: str, argv: list[str] | None = None) -> int:
-    args = build_parser(dataset).parse_args(argv)
-    from pipeline.prepare import read_manifest
-    from pipeline.presets import NUM_CLASSES, apply_overrides, preset
-    from pipeline.runtime import init_ray
-    from pipeline.train import fit
-
-    storage_root = storage.normalize_uri(args.storage)
+def experiment_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--set`` values, then the dedicated flags (which win)."""
     flat = parse_overrides(args.set)
     for flag, key in (
         ("epochs", "train.epochs"),
@@ -123,30 +111,115 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
     ):
         if getattr(args, flag) is not None:
             flat[key] = getattr(args, flag)
-    num_workers = flat.get("train.num_workers", 2 if args.preset == "smoke" else 1)
-    init_ray(num_train_workers=0 if flat.get("train.use_gpu") else int(num_workers))
+    return flat
 
-    data_root = ensure_data(dataset, args, storage_root)
-    train_manifest, test_manifest = ensure_manifests(dataset, data_root, args.split, storage_root)
-    _, class_names = read_manifest(train_manifest)
-    exp = apply_overrides(preset(args.preset, dataset, len(class_names)), flat)
-    if len(class_names) != NUM_CLASSES[dataset] and args.data_root:
-        print(f"note: {train_manifest} has {len(class_names)} classes ({dataset} has {NUM_CLASSES[dataset]})")
-    run_name = args.run_name or f"{dataset}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = fit(
-        exp,
-        train_manifest,
-        test_manifest,
-        storage_path=storage.join(storage_root, "ray"),
-        run_name=run_name,
+
+def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
+    """The DAG's final step(s) and the workflow id."""
+    from pipeline.presets import apply_overrides, preset
+    from pipeline.tracking import tracking_uri
+    from pipeline.workflow import Step, config_id
+    from workflows import steps
+
+    overrides = experiment_overrides(args)
+    exp = apply_overrides(preset(args.preset, dataset, 2), overrides)  # a bad --set fails now, not in step 3
+    experiment = {"dataset": dataset, "preset": args.preset, "overrides": overrides}
+    storage_root = storage.normalize_uri(args.storage)
+    settings = {
+        "storage": storage_root,
+        "tracking_uri": tracking_uri(),
+        "num_scorers": args.eval_scorers or (exp.train.num_workers if exp.train.use_gpu else 1),
+    }
+
+    if args.data_root:
+        data = None
+        source = {"data_root": storage.normalize_uri(args.data_root)}
+    else:
+        source = {
+            "num_classes": args.synth_classes,
+            "videos_per_class": args.synth_videos_per_class,
+            "seed": 0,
+        }
+        data = Step("data", steps.make_data, config={"dataset": dataset, **source}, num_cpus=1)
+    prepare = Step(
+        "prepare",
+        steps.prepare,
+        config={"dataset": dataset, "split": args.split, "data_root": source.get("data_root")},
+        inputs={"data": data} if data else {},
+        num_cpus=1,
     )
-    print(
-        json.dumps(
-            {"run_name": run_name, "mlflow_run_id": result.mlflow_run_id, **result.metrics}, default=str
+    upstream = {"prepare": prepare}
+    if args.clip_cache:
+        upstream["cache"] = Step("cache", steps.cache, config=experiment, inputs={"prepare": prepare})
+    train_inputs = dict(upstream)
+    identity = {**experiment, "source": source, "split": args.split, "clip_cache": args.clip_cache}
+    if sweep:
+        sweep_config = {
+            **experiment,
+            "num_samples": args.num_samples,
+            "axes": args.axes.split(",") if args.axes else None,
+            "trial_epochs": args.trial_epochs or exp.train.epochs,
+            "max_concurrent_trials": args.max_concurrent_trials,
+        }
+        train_inputs["sweep"] = Step(
+            "sweep", steps.sweep, config=sweep_config, inputs=dict(upstream), settings=settings
         )
+        identity["sweep"] = sweep_config
+    train = Step(
+        "train", steps.train, config=experiment, inputs=train_inputs, settings=settings, max_retries=1
     )
+    evaluate = Step(
+        "evaluate",
+        steps.evaluate,
+        config=experiment,
+        inputs={"prepare": prepare, "train": train},
+        settings=settings,
+    )
+    final = evaluate
+    if not args.no_register:
+        final = Step(
+            "register",
+            steps.register,
+            config=experiment,
+            inputs={"prepare": prepare, "train": train, "evaluate": evaluate},
+            settings=settings,
+        )
+    prefix = f"{'sweep' if sweep else 'train'}-{dataset}-{args.preset}"
+    return [final], args.workflow_id or config_id(prefix, identity), storage_root
+
+
+def main(dataset: str, argv: list[str] | None = None, sweep: bool = False) -> int:
+    args = build_parser(dataset, sweep).parse_args(argv)
+    from pipeline.runtime import init_ray
+    from pipeline.workflow import WorkflowError, format_plan, plan, run_workflow
+
+    targets, workflow_id, root = build_workflow(dataset, args, sweep)
+    statuses = plan(targets, root, workflow_id)
+    print(format_plan(statuses, workflow_id), flush=True)
+    if args.dry_run:
+        return 0
+    from pipeline.presets import apply_overrides, preset
+
+    train_cfg = apply_overrides(preset(args.preset, dataset, 2), experiment_overrides(args)).train
+    if args.rerun or not all(s.done for s in statuses):  # nothing to run: no cluster needed
+        init_ray(num_train_workers=0 if train_cfg.use_gpu else train_cfg.num_workers)
+    try:
+        outputs = run_workflow(targets, root, workflow_id, rerun=args.rerun)
+    except WorkflowError as e:
+        print(str(e), flush=True)
+        return 1
+    summary = {
+        "workflow_id": workflow_id,
+        "mlflow_run_id": outputs["train"]["mlflow_run_id"],
+        **outputs["evaluate"]["metrics"],
+    }
+    if "register" in outputs:
+        summary.update(
+            registered_version=outputs["register"]["version"], champion=outputs["register"]["is_champion"]
+        )
+    print(json.dumps(summary, default=str), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit("run workflows/train_<dataset>.py")
+    raise SystemExit("run workflows/train_<dataset>.py or workflows/sweep_<dataset>.py")

@@ -1,0 +1,151 @@
+"""The Charades workflow as users run it: ``ray job submit`` to a Ray head started with ``ray start --head``
+(cluster/local.sh: loopback, token authentication on), tracked on an ``mlflow server`` (SQLite backend, 127.0.0.1).
+
+One scenario, in order (each stage needs the one before):
+1. submit the workflow; stop the job (``ray job stop``) once training has committed a checkpoint;
+2. submit it again: data and prepare are skipped, training resumes from its checkpoint (MLflow records the
+   restart, no epoch is logged twice), evaluate and register run; the model becomes ``champion``;
+3. load ``models:/stpa-charades@champion`` with ``mlflow.pyfunc`` in a fresh process and predict on a video;
+   ``stpa models show`` and ``stpa predict`` on the registry;
+4. submit it a third time: every step is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mlflow_server import mlflow_server
+from tests.ray_cluster import LocalRayCluster, ray_executable
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / "workflows" / "train_charades.py"
+WORKFLOW_ID = "charades-e2e"
+
+
+def submit(
+    cluster: LocalRayCluster, tracking_uri: str, storage: Path, *, wait: bool
+) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
+    command = [ray_executable(), "job", "submit", "--address", cluster.dashboard_url]
+    command += ["--runtime-env-json", json.dumps(runtime_env)]
+    if not wait:
+        command.append("--no-wait")
+    command += ["--", sys.executable, str(WORKFLOW), "--storage", str(storage), "--workflow-id", WORKFLOW_ID]
+    command += ["--epochs", "3", "--synth-videos-per-class", "8", "--synth-classes", "4"]
+    return subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=900)
+
+
+def job_id_of(output: str) -> str:
+    for word in output.replace("'", " ").split():
+        if word.startswith("raysubmit_"):
+            return word
+    raise AssertionError(f"no job id in:\n{output}")
+
+
+def checkpoints(storage: Path) -> list[Path]:
+    return sorted((storage / "ray").glob("*/checkpoint_*"))
+
+
+def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "runs"
+    with (
+        mlflow_server(tmp_path / "mlflow") as tracking_uri,
+        LocalRayCluster(num_workers=0, head_cpus=4) as cluster,
+    ):
+        # 1. Submit, then stop the job once a checkpoint is committed (the second one appears after the first).
+        first = submit(cluster, tracking_uri, storage, wait=False)
+        assert first.returncode == 0, first.stdout + first.stderr
+        job_id = job_id_of(first.stdout + first.stderr)
+        deadline = time.monotonic() + 600
+        while len(checkpoints(storage)) < 2:
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            status = subprocess.run(
+                [ray_executable(), "job", "status", "--address", cluster.dashboard_url, job_id],
+                env=cluster.env(),
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert "FAILED" not in status and "SUCCEEDED" not in status, status
+            time.sleep(1)
+        stop = subprocess.run(
+            [ray_executable(), "job", "stop", "--address", cluster.dashboard_url, job_id],
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+
+        # 2. Submit again: resumes.
+        second = submit(cluster, tracking_uri, storage, wait=True)
+        log = second.stdout + second.stderr
+        assert second.returncode == 0, log[-5000:]
+        assert "skip data" in log and "skip prepare" in log
+        assert "skip train" not in log
+        summary = json.loads([line for line in log.splitlines() if line.startswith('{"workflow_id"')][-1])
+        assert summary["registered_version"] == "1" and summary["champion"] is True
+        assert 0.0 <= summary["test_map"] <= 1.0
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        run_id = summary["mlflow_run_id"]
+        restarts = client.get_metric_history(run_id, "restarts")
+        assert max(m.value for m in restarts) >= 1  # the resumed attempt is on record
+        epochs = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
+        assert sorted(epochs) == [1, 2, 3], epochs  # each epoch logged once: none trained twice
+        run = client.get_run(run_id)
+        assert "test_map" in run.data.metrics and "train_loss" in run.data.metrics
+        version = client.get_model_version_by_alias("stpa-charades", "champion")
+        assert version.run_id == run_id
+
+        # 3. The champion from a plain Python process (no Ray, no checkout on the path), on a video.
+        video = next((storage / WORKFLOW_ID / "data").glob("*/dataset/Charades_v1_480/*.mp4"))
+        script = (
+            "import json, mlflow\n"
+            "model = mlflow.pyfunc.load_model('models:/stpa-charades@champion')\n"
+            f"frame = model.predict([{str(video)!r}])\n"
+            "print('RESULT ' + frame.to_json(orient='records'))\n"
+        )
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        env.pop("PYTHONPATH", None)
+        fresh = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert fresh.returncode == 0, fresh.stderr[-3000:]
+        rows = json.loads(fresh.stdout.split("RESULT ", 1)[1])
+        assert len(rows) == 1 and rows[0]["video"] == str(video)
+        probabilities = {k: v for k, v in rows[0].items() if k != "video"}
+        assert len(probabilities) == 4 and all(0.0 <= p <= 1.0 for p in probabilities.values())
+
+        stpa = [sys.executable, "-m", "pipeline.cli"]
+        shown = subprocess.run(
+            [*stpa, "models", "show", "charades"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert shown.returncode == 0 and "champion" in shown.stdout and run_id in shown.stdout, shown.stderr
+        predicted = subprocess.run(
+            [*stpa, "predict", "charades", str(video), "--top-k", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        assert video.name in predicted.stdout
+
+        # 4. A third submission finds everything committed.
+        third = submit(cluster, tracking_uri, storage, wait=True)
+        log = third.stdout + third.stderr
+        assert third.returncode == 0, log[-5000:]
+        for step in ("data", "prepare", "train", "evaluate", "register"):
+            assert f"skip {step}" in log, log[-3000:]
+        assert len(client.search_model_versions("name='stpa-charades'")) == 1

@@ -1,0 +1,275 @@
+"""The steps of the training and sweep workflows: ``fn(ctx, **upstream outputs) -> outputs`` (pipeline.workflow).
+
+Each runs as a Ray task, possibly on another node, so everything it needs comes from ``ctx.config`` (part of the
+step's key), ``ctx.settings`` (not part of the key: tracking URI and the like) and its upstream steps' outputs, and
+everything it leaves goes to ``ctx.out_dir`` or MLflow. Outputs are small JSON dicts of URIs, ids and metrics.
+
+    data ─▶ prepare ─▶ [cache] ─▶ train ─▶ evaluate ─▶ register
+                          └──▶ [sweep] ──┘ (sweep: the best trial's overrides feed train)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+from pipeline import storage
+from pipeline.workflow import StepContext
+
+SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades"}
+
+
+def build_experiment(config: dict, num_classes: int, extra_overrides: dict | None = None):
+    """The run's ExperimentConfig: a preset for the manifest's class count, then the ``--set`` overrides."""
+    from pipeline.presets import apply_overrides, preset
+
+    exp = preset(config["preset"], config["dataset"], num_classes)
+    overrides = {**config.get("overrides", {}), **(extra_overrides or {})}
+    return apply_overrides(exp, {k: _tuples(v) for k, v in overrides.items()})
+
+
+def _tuples(value):
+    """JSON turns tuples into lists; config fields such as ``model.pyramid_layers`` are tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def make_data(ctx: StepContext) -> dict:
+    """A small dataset in the dataset's official layout (when no ``--data-root`` is given)."""
+    from pipeline.synth import synthesize
+
+    cfg = ctx.config
+    root = storage.join(ctx.out_dir, "dataset")
+    summary = synthesize(
+        SYNTH_LAYOUT[cfg["dataset"]],
+        root,
+        num_classes=cfg["num_classes"],
+        videos_per_class=cfg["videos_per_class"],
+        seed=cfg["seed"],
+        width=96,
+        height=72,
+        num_frames=24,
+    )
+    print(f"generated {len(summary.videos)} videos in {root}", flush=True)
+    return {"data_root": root, "num_videos": len(summary.videos)}
+
+
+def prepare(ctx: StepContext, data: dict | None = None) -> dict:
+    """Manifests (Parquet) of the official split, with every video probed; the report lists unreadable ones."""
+    from pipeline.prepare import dataset_root_paths, prepare_manifest, read_manifest
+
+    cfg = ctx.config
+    data_root = cfg.get("data_root") or data["data_root"]
+    videos, annotations = dataset_root_paths(cfg["dataset"], data_root)
+    out = storage.join(ctx.out_dir, "manifests")
+    report = prepare_manifest(cfg["dataset"], videos, annotations, out, split=cfg["split"])
+    print(report.summary(), flush=True)
+    train_manifest, test_manifest = storage.join(out, "train.parquet"), storage.join(out, "test.parquet")
+    train_table, class_names = read_manifest(train_manifest)
+    test_table, _ = read_manifest(test_manifest)
+    return {
+        "data_root": data_root,
+        "train_manifest": train_manifest,
+        "test_manifest": test_manifest,
+        "train_sha256": _sha256(train_manifest),
+        "test_sha256": _sha256(test_manifest),
+        "num_classes": len(class_names),
+        "num_train": train_table.num_rows,
+        "num_test": test_table.num_rows,
+        "report": storage.join(out, "report.json"),
+    }
+
+
+def _sha256(uri: str) -> str:
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+
+
+def cache(ctx: StepContext, prepare: dict) -> dict:
+    """Decode the training clips once into a Parquet cache (``--clip-cache``): later epochs read, not decode."""
+    from pipeline.cache import cached_clip_dataset
+
+    exp = build_experiment(ctx.config, prepare["num_classes"])
+    root = storage.join(ctx.out_dir, "clips")
+    _, entry = cached_clip_dataset(prepare["train_manifest"], exp.train_clips, root)
+    for failure in entry.failures:
+        print(f"decode failure (cached): {failure}", flush=True)
+    return {"clip_cache": root, "num_failures": len(entry.failures)}
+
+
+def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
+    """Ray Tune over the sweep axes; each trial a TorchTrainer run, nested in the sweep's MLflow run."""
+    from pipeline.sweep import run_sweep
+
+    cfg = ctx.config
+    exp = build_experiment(cfg, prepare["num_classes"], {"train.epochs": cfg["trial_epochs"]})
+    result = run_sweep(
+        exp,
+        prepare["train_manifest"],
+        prepare["test_manifest"],
+        num_samples=cfg["num_samples"],
+        storage_path=storage.join(ctx.settings["storage"], "ray"),
+        name=f"{ctx.workflow_id}-sweep-{ctx.key[:6]}",
+        tracking_uri=ctx.settings["tracking_uri"],
+        axes=cfg.get("axes"),
+        max_concurrent_trials=cfg.get("max_concurrent_trials"),
+        seed=cfg.get("seed", 0),
+        clip_cache=(cache or {}).get("clip_cache"),
+    )
+    return {
+        "parent_run_id": result.parent_run_id,
+        "best_overrides": result.best_overrides,
+        "best_metric": result.best_metric,
+        "best_run_id": result.best_run_id,
+        "num_trials": len(result.table),
+    }
+
+
+def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dict | None = None) -> dict:
+    """Ray Train (DDP) on the training manifest; resumes from its last checkpoint when the step is re-run."""
+    from pipeline.train import fit
+
+    cfg = ctx.config
+    best = (sweep or {}).get("best_overrides", {})
+    exp = build_experiment(cfg, prepare["num_classes"], {**best, "train.final_test": False})
+    run_name = _run_name(ctx)
+    tags = {"stpa.workflow_id": ctx.workflow_id, "stpa.step_key": ctx.key}
+    if sweep:
+        tags["stpa.sweep_run_id"] = sweep["parent_run_id"]
+    result = fit(
+        exp,
+        prepare["train_manifest"],
+        prepare["test_manifest"],
+        storage_path=storage.join(ctx.settings["storage"], "ray"),
+        run_name=run_name,
+        tracking_uri=ctx.settings["tracking_uri"],
+        tags=tags,
+        clip_cache=(cache or {}).get("clip_cache"),
+    )
+    return {
+        "run_name": run_name,
+        "mlflow_run_id": result.mlflow_run_id,
+        "checkpoint_uri": result.checkpoint_uri,
+        "metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
+        "overrides": {**cfg.get("overrides", {}), **best},
+    }
+
+
+def _run_name(ctx: StepContext) -> str:
+    """Stable across re-runs (so Ray Train resumes from the checkpoint); new when the step is forced (--rerun)."""
+    path = storage.join(ctx.out_dir, "run_name.txt")
+    if storage.exists(path) and not ctx.fresh:
+        return storage.read_text(path).strip()
+    suffix = "" if not storage.exists(path) else "-" + hashlib.sha256(os.urandom(8)).hexdigest()[:6]
+    name = f"{ctx.workflow_id}-{ctx.step}-{ctx.key[:6]}{suffix}"
+    storage.write_text(path, name)
+    return name
+
+
+def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
+    """Multi-view test of the best weights with Ray Data batch inference; metrics and plots go to the run."""
+    import torch
+
+    from pipeline.clips import DecodeReport
+    from pipeline.evaluate import evaluate_weights
+    from pipeline.train import BEST_MODEL_FILE
+
+    cfg = ctx.config
+    exp = build_experiment({**cfg, "overrides": train["overrides"]}, prepare["num_classes"])
+    weights_uri = storage.join(train["checkpoint_uri"], BEST_MODEL_FILE)
+    report = DecodeReport.new()
+    scalars, details, _ = evaluate_weights(
+        exp,
+        weights_uri,
+        prepare["test_manifest"],
+        num_scorers=ctx.settings.get("num_scorers", 1),
+        use_gpu=exp.train.use_gpu,
+        report=report,
+    )
+    metrics = {f"test_{k}": float(v) for k, v in scalars.items()}
+    metrics["test_decode_failures"] = float(report.num_failed)
+    print("test " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    storage.write_text(
+        storage.join(ctx.out_dir, "decode_failures.json"),
+        json.dumps(report.reasons, indent=1, sort_keys=True),
+    )
+    uri, run_id = ctx.settings["tracking_uri"], train["mlflow_run_id"]
+    if uri and run_id:
+        from pipeline.artifacts import log_evaluation_artifacts
+        from pipeline.prepare import read_manifest
+        from pipeline.train import _RankZeroRun
+        from stpa_model import STPANet
+
+        run = _RankZeroRun(uri, run_id)
+        run.log_metrics(metrics, step=int(train["metrics"].get("epoch", 0)))
+        model = STPANet(exp.model)
+        model.load_state_dict(
+            torch.load(_local_copy(weights_uri, ctx), map_location="cpu", weights_only=True), strict=True
+        )
+        test_table, _ = read_manifest(prepare["test_manifest"])
+        log_evaluation_artifacts(run, model.eval(), exp, test_table, details, torch.device("cpu"))
+    return {"metrics": metrics, "primary_metric": exp.primary_metric}
+
+
+def _local_copy(uri: str, ctx: StepContext) -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".pt", prefix=f"{ctx.step}-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(uri))
+    return path
+
+
+def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> dict:
+    """Register the run's model as ``stpa-<dataset>``; the ``champion`` alias moves only to a better model."""
+    from pipeline.registry import register as register_model
+
+    uri = ctx.settings["tracking_uri"]
+    if not uri or not train["mlflow_run_id"]:
+        raise ValueError("register: MLflow tracking is off (no tracking URI): nothing to register")
+    metrics = evaluate["metrics"]
+    primary = "test_" + evaluate["primary_metric"]
+    registration = register_model(
+        uri,
+        ctx.config["dataset"],
+        f"runs:/{train['mlflow_run_id']}/model",
+        metrics,
+        primary_metric=primary,
+        tags={
+            "workflow_id": ctx.workflow_id,
+            "train_manifest_sha256": prepare["train_sha256"],
+            "test_manifest_sha256": prepare["test_sha256"],
+            "git_commit": git_commit(),
+            "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
+            "preset": ctx.config["preset"],
+        },
+    )
+    verdict = "is the new champion" if registration.is_champion else "stays a plain version (champion kept)"
+    print(f"registered {registration.name} version {registration.version}: {verdict}", flush=True)
+    return {
+        "name": registration.name,
+        "version": str(registration.version),
+        "is_champion": registration.is_champion,
+        "metric": primary,
+        "value": metrics[primary],
+    }
+
+
+def git_commit() -> str:
+    """The project's git commit (``STPA_GIT_COMMIT`` when set, e.g. by a container build), or "unknown"."""
+    if os.environ.get("STPA_GIT_COMMIT"):
+        return os.environ["STPA_GIT_COMMIT"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
