@@ -176,9 +176,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"stpa predict: {name} has no {alias!r} alias (see stpa models show {args.dataset}; or give "
                 "--version N)"
             ) from None
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(model_uri)
+    from pipeline.tracking import process_uris
+
+    with process_uris(uri):
+        model = mlflow.pyfunc.load_model(model_uri)
     table = model.predict(list(args.videos), params={"on_error": "nan"})
     class_names = [c for c in table.columns if c not in (VIDEO_COLUMN, ERROR_COLUMN)]
     results = []

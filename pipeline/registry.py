@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.tracking import process_uris
+
 MODEL_PREFIX = "stpa-"
 LOCK_SUFFIX = ".lock"
 CHAMPION = "champion"
@@ -345,8 +347,8 @@ def register(
         tags: More version tags (they override the computed ones of the same key).
         lock_timeout_s, stale_lock_after_s: See ``registry_lock``.
 
-    ``mlflow.register_model`` works on the process-wide URIs: this sets ``mlflow.set_tracking_uri`` and
-    ``mlflow.set_registry_uri`` to ``tracking_uri``.
+    ``mlflow.register_model`` works on the process-wide URIs: they point at ``tracking_uri`` during the call and
+    are restored afterwards (``pipeline.tracking.process_uris``).
 
     Returns:
         The version, and whether it became champion (and the champion before it).
@@ -360,12 +362,11 @@ def register(
 
     name = registered_model_name(dataset)
     primary_name, value = _primary_value(metrics, primary_metric)
-    version_tags = _version_tags(tracking_uri, model_uri, metrics, primary_name, value, tags or {})
     client = _client(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    # Creates the registered model if needed (a concurrent creation is handled by MLflow: "already exists").
-    model_version = mlflow.register_model(model_uri, name, tags=version_tags)
+    with process_uris(tracking_uri):  # artifact resolution of runs:/ URIs and register_model read the globals
+        version_tags = _version_tags(tracking_uri, model_uri, metrics, primary_name, value, tags or {})
+        # Creates the registered model if needed (a concurrent creation is handled by MLflow: "already exists").
+        model_version = mlflow.register_model(model_uri, name, tags=version_tags)
     version = int(model_version.version)
     client.set_registered_model_tag(name, DATASET_TAG, dataset)
     client.set_registered_model_tag(name, PRIMARY_METRIC_TAG, primary_name)

@@ -44,6 +44,7 @@ from pipeline import schema, storage
 from pipeline.clips import ClipConfig, decode_views
 from pipeline.metrics import aggregate_views
 from pipeline.optim import OptimConfig
+from pipeline.tracking import process_uris
 from pipeline.train import ExperimentConfig, TrainConfig, autocast_dtype
 from stpa_model import ModelConfig, STPANet
 
@@ -356,10 +357,9 @@ def log_pyfunc_model(
         model_code = os.path.join(directory, "stpa_video_classifier.py")
         with open(model_code, "w") as f:
             f.write(MODEL_CODE)
-        mlflow.set_tracking_uri(tracking_uri)
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         status = client.get_run(run_id).info.status
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        with process_uris(tracking_uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             # A path is no useful input example: it would not exist where the model is loaded.
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             mlflow.pyfunc.log_model(

@@ -8,8 +8,10 @@ as an absolute URI: Ray workers chdir into the session folder, where a relative 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 RUN_NAME_TAG = "stpa.run_name"
@@ -89,3 +91,31 @@ def find_or_create_run(
         tags={RUN_NAME_TAG: run_name, DATASET_TAG: dataset, **(tags or {})},
     )
     return run.info.run_id, False
+
+
+@contextlib.contextmanager
+def process_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri`` for the block, then put back exactly what
+    was set before (including "nothing": the environment decides again).
+
+    For the fluent APIs that read only the process-wide URIs (``mlflow.register_model``, ``mlflow.start_run``);
+    leaving them set would send a later ``MlflowClient(tracking_uri=other)`` to this registry.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # set_tracking_uri exports the URI to the env too
+    previous = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    previous_env = {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = previous
+        for name, value in previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

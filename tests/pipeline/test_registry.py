@@ -232,12 +232,18 @@ def test_embedded_sqlite_registry(model, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     artifacts = (tmp_path / "artifacts").as_uri()
     exp, weights = model
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     for value, becomes_champion in ((0.3, True), (0.2, False)):
         _, model_uri = logged_model_run(
             uri, exp, weights, CLASS_NAMES, {"test_top1": value}, artifact_location=artifacts
         )
         registration = register(uri, "ucf101", model_uri, {"test_top1": value}, primary_metric="top1")
         assert registration.is_champion == becomes_champion
+    # Registering and logging leave MLflow's process-wide URIs as they were: a later client for another server
+    # must not be sent to this registry (seen in CI before the fix).
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
     info = describe(uri, "ucf101")
     assert info["champion"]["version"] == 1 and info["champion"]["run_link"] is None
     assert [v["champion"] for v in info["versions"]] == [True, False]

@@ -31,6 +31,7 @@ from pipeline.serving import (
     experiment_from_dict,
 )
 from pipeline.synth import synthesize
+from pipeline.tracking import process_uris
 from pipeline.video import probe_video
 from pipeline.video_encode import index_frames, write_video
 from tests.mlflow_server import mlflow_server
@@ -152,8 +153,8 @@ def test_pyfunc_scores_equal_the_evaluation_path(registered, data):
 
     server, model_uri, exp, weights = registered
     table, class_names = data
-    mlflow.set_tracking_uri(server)
-    loaded = mlflow.pyfunc.load_model(model_uri)
+    with process_uris(server):
+        loaded = mlflow.pyfunc.load_model(model_uri)
     videos, expected = _evaluation_scores(table, exp, weights)
 
     out = loaded.predict(videos)  # a list; a DataFrame and a single string are also accepted
@@ -184,8 +185,8 @@ def test_pyfunc_names_an_undecodable_video(registered, data, tmp_path):
     table, class_names = data
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
-    mlflow.set_tracking_uri(server)
-    loaded = mlflow.pyfunc.load_model(model_uri)
+    with process_uris(server):
+        loaded = mlflow.pyfunc.load_model(model_uri)
     with pytest.raises(VideoPredictionError, match="broken.mp4"):
         loaded.predict([str(broken)])
     good = table.column(schema.VIDEO_URI).to_pylist()[0]

@@ -157,21 +157,17 @@ def test_run_commits_then_skips(ray_local, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_transient_failure_is_retried(ray_local, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [(flaky, {"ok": True}), (crash_worker, {"survived": True})],
+    ids=["transient-error", "worker-crash"],
+)
+def test_failed_attempt_is_retried(ray_local, tmp_path: Path, fn, expected) -> None:
     numbers = _dag(tmp_path)[0]
-    step = Step("flaky", flaky, inputs={"numbers": numbers}, settings=numbers.settings, max_retries=2)
+    step = Step("retried", fn, inputs={"numbers": numbers}, settings=numbers.settings, max_retries=1)
     out = run_workflow([step], str(tmp_path / "runs"), "wf-b", log=lambda _: None)
-    assert out["flaky"] == {"ok": True}
-    assert runs_of(tmp_path / "ledger", "flaky") == 2
-
-
-@pytest.mark.slow
-def test_worker_crash_is_retried(ray_local, tmp_path: Path) -> None:
-    numbers = _dag(tmp_path)[0]
-    step = Step("crash", crash_worker, inputs={"numbers": numbers}, settings=numbers.settings, max_retries=1)
-    out = run_workflow([step], str(tmp_path / "runs"), "wf-c", log=lambda _: None)
-    assert out["crash"] == {"survived": True}
-    assert runs_of(tmp_path / "ledger", "crash") == 2
+    assert out["retried"] == expected
+    assert runs_of(tmp_path / "ledger", "retried") == 2
 
 
 @pytest.mark.slow

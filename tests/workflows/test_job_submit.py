@@ -16,43 +16,27 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.mlflow_server import mlflow_server
 from tests.ray_cluster import LocalRayCluster, ray_executable
+from tests.workflows.jobs import job_id_of, submit_workflow, wait_for_checkpoints
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOW = REPO / "workflows" / "train_charades.py"
 WORKFLOW_ID = "charades-e2e"
-
-
-def submit(
-    cluster: LocalRayCluster, tracking_uri: str, storage: Path, *, wait: bool
-) -> subprocess.CompletedProcess:
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
-    command = [ray_executable(), "job", "submit", "--address", cluster.dashboard_url]
-    command += ["--runtime-env-json", json.dumps(runtime_env)]
-    if not wait:
-        command.append("--no-wait")
-    command += ["--", sys.executable, str(WORKFLOW), "--storage", str(storage), "--workflow-id", WORKFLOW_ID]
-    command += ["--epochs", "3", "--synth-videos-per-class", "8", "--synth-classes", "4"]
-    return subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=900)
-
-
-def job_id_of(output: str) -> str:
-    for word in output.replace("'", " ").split():
-        if word.startswith("raysubmit_"):
-            return word
-    raise AssertionError(f"no job id in:\n{output}")
-
-
-def checkpoints(storage: Path) -> list[Path]:
-    return sorted((storage / "ray").glob("*/checkpoint_*"))
+ARGS = [
+    "--workflow-id",
+    WORKFLOW_ID,
+    "--epochs",
+    "3",
+    "--synth-videos-per-class",
+    "8",
+    "--synth-classes",
+    "4",
+]
 
 
 def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
@@ -64,20 +48,10 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         LocalRayCluster(num_workers=0, head_cpus=4) as cluster,
     ):
         # 1. Submit, then stop the job once a checkpoint is committed (the second one appears after the first).
-        first = submit(cluster, tracking_uri, storage, wait=False)
+        first = submit_workflow(cluster, tracking_uri, ["--storage", str(storage), *ARGS], wait=False)
         assert first.returncode == 0, first.stdout + first.stderr
         job_id = job_id_of(first.stdout + first.stderr)
-        deadline = time.monotonic() + 600
-        while len(checkpoints(storage)) < 2:
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            status = subprocess.run(
-                [ray_executable(), "job", "status", "--address", cluster.dashboard_url, job_id],
-                env=cluster.env(),
-                capture_output=True,
-                text=True,
-            ).stdout
-            assert "FAILED" not in status and "SUCCEEDED" not in status, status
-            time.sleep(1)
+        wait_for_checkpoints(cluster, job_id, storage)
         stop = subprocess.run(
             [ray_executable(), "job", "stop", "--address", cluster.dashboard_url, job_id],
             env=cluster.env(),
@@ -88,7 +62,7 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert stop.returncode == 0, stop.stdout + stop.stderr
 
         # 2. Submit again: resumes.
-        second = submit(cluster, tracking_uri, storage, wait=True)
+        second = submit_workflow(cluster, tracking_uri, ["--storage", str(storage), *ARGS], wait=True)
         log = second.stdout + second.stderr
         assert second.returncode == 0, log[-5000:]
         assert "skip data" in log and "skip prepare" in log
@@ -97,7 +71,7 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert summary["registered_version"] == "1" and summary["champion"] is True
         assert 0.0 <= summary["test_map"] <= 1.0
 
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         run_id = summary["mlflow_run_id"]
         restarts = client.get_metric_history(run_id, "restarts")
         assert max(m.value for m in restarts) >= 1  # the resumed attempt is on record
@@ -143,7 +117,7 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert video.name in predicted.stdout
 
         # 4. A third submission finds everything committed.
-        third = submit(cluster, tracking_uri, storage, wait=True)
+        third = submit_workflow(cluster, tracking_uri, ["--storage", str(storage), *ARGS], wait=True)
         log = third.stdout + third.stderr
         assert third.returncode == 0, log[-5000:]
         for step in ("data", "prepare", "train", "evaluate", "register"):

@@ -10,9 +10,6 @@ not trained again.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -20,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_server import mlflow_server
-from tests.ray_cluster import LocalRayCluster, ray_executable
+from tests.ray_cluster import LocalRayCluster
+from tests.workflows.jobs import job_id_of, job_logs, submit_workflow, wait_for_checkpoints, wait_for_end
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-WORKFLOW = REPO / "workflows" / "train_charades.py"
 # A killed node is declared dead after a few missed health checks: seconds instead of ~30 s by default.
 FAST_HEALTH_CHECKS = {
     "RAY_health_check_initial_delay_ms": "1000",
@@ -50,16 +46,6 @@ def state(cluster: LocalRayCluster, resource: str, **filters: str) -> list[dict]
         return json.load(response)["data"]["result"]["result"]
 
 
-def job_status(cluster: LocalRayCluster, job_id: str) -> str:
-    """The job's status from the job server's REST API (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    request = urllib.request.Request(
-        f"{cluster.dashboard_url}/api/jobs/{job_id}",
-        headers={"x-ray-authorization": f"Bearer {cluster.token}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)["status"]
-
-
 def test_two_nodes_then_node_loss(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -70,53 +56,33 @@ def test_two_nodes_then_node_loss(tmp_path: Path) -> None:
     ):
         nodes = cluster.wait_for_alive_nodes(2)
         head, worker = nodes["stpa-head"], nodes["stpa-worker-1"]
-        command = [ray_executable(), "job", "submit", "--address", cluster.dashboard_url, "--no-wait"]
-        command += ["--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}})]
-        command += [
-            "--",
-            sys.executable,
-            str(WORKFLOW),
-            "--storage",
-            str(storage),
-            "--workflow-id",
-            "two-nodes",
+        args = ["--storage", str(storage), "--workflow-id", "two-nodes", "--epochs", "3", "--no-register"]
+        args += [
+            "--synth-videos-per-class",
+            "8",
+            "--synth-classes",
+            "4",
+            "--set",
+            "train.placement_strategy=SPREAD",
         ]
-        command += ["--epochs", "3", "--synth-videos-per-class", "8", "--synth-classes", "4", "--no-register"]
-        command += ["--set", "train.placement_strategy=SPREAD"]
-        submitted = subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=120)
+        submitted = submit_workflow(cluster, tracking_uri, args, wait=False)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        job_id = next(
-            w for w in (submitted.stdout + submitted.stderr).replace("'", " ").split() if "raysubmit_" in w
-        )
-
-        # Wait for the first epoch's checkpoint to be committed (the second checkpoint folder appears after it).
-        deadline = time.monotonic() + 600
-        while len(list((storage / "ray").glob("*/checkpoint_*"))) < 2:
-            assert time.monotonic() < deadline, "no committed checkpoint within 10 minutes"
-            assert job_status(cluster, job_id) in ("RUNNING", "PENDING"), job_status(cluster, job_id)
-            time.sleep(1)
+        job_id = job_id_of(submitted.stdout + submitted.stderr)
+        wait_for_checkpoints(cluster, job_id, storage)  # the first epoch's checkpoint is committed
         train_workers = state(cluster, "actors", class_name="RayTrainWorker")
         assert {a["node_id"] for a in train_workers if a["state"] == "ALIVE"} == {head, worker}
 
         cluster.kill_worker(1)  # node loss
         cluster.wait_for_alive_nodes(1)
 
-        deadline = time.monotonic() + 900
-        while (status := job_status(cluster, job_id)) in ("RUNNING", "PENDING"):
-            assert time.monotonic() < deadline, "job did not finish within 15 minutes of the node loss"
-            time.sleep(2)
-        logs = subprocess.run(
-            [ray_executable(), "job", "logs", "--address", cluster.dashboard_url, job_id],
-            env=cluster.env(),
-            capture_output=True,
-            text=True,
-        ).stdout
+        status = wait_for_end(cluster, job_id)
+        logs = job_logs(cluster, job_id)
         assert status == "SUCCEEDED", logs[-5000:]
 
         decode_nodes = {t["node_id"] for t in state(cluster, "tasks") if "decode_clip_batch" in t["name"]}
         assert {head, worker} <= decode_nodes, decode_nodes
         summary = json.loads([line for line in logs.splitlines() if line.startswith('{"workflow_id"')][-1])
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         run_id = summary["mlflow_run_id"]
         assert max(m.value for m in client.get_metric_history(run_id, "restarts")) >= 1
         epochs = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
