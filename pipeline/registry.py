@@ -122,15 +122,26 @@ def _iso(timestamp_ms: int | None) -> str:
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout this package runs from, or ``"unknown"`` (no git, no repository)."""
+    """The project's commit: ``STPA_GIT_COMMIT`` when set (an image build without ``.git``), else ``git rev-parse
+    HEAD`` of the checkout this package runs from with ``-dirty`` for uncommitted changes, else ``"unknown"``."""
+    if os.environ.get("STPA_GIT_COMMIT"):
+        return os.environ["STPA_GIT_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    commit = out.stdout.strip()
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 def _primary_value(metrics: dict[str, float], primary_metric: str) -> tuple[str, float]:

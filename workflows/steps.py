@@ -11,9 +11,9 @@ everything it leaves goes to ``ctx.out_dir`` or MLflow. Outputs are small JSON d
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import subprocess
 
 from pipeline import storage
 from pipeline.workflow import StepContext
@@ -203,21 +203,11 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
         run = _RankZeroRun(uri, run_id)
         run.log_metrics(metrics, step=int(train["metrics"].get("epoch", 0)))
         model = STPANet(exp.model)
-        model.load_state_dict(
-            torch.load(_local_copy(weights_uri, ctx), map_location="cpu", weights_only=True), strict=True
-        )
+        state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
         test_table, _ = read_manifest(prepare["test_manifest"])
         log_evaluation_artifacts(run, model.eval(), exp, test_table, details, torch.device("cpu"))
     return {"metrics": metrics, "primary_metric": exp.primary_metric}
-
-
-def _local_copy(uri: str, ctx: StepContext) -> str:
-    import tempfile
-
-    fd, path = tempfile.mkstemp(suffix=".pt", prefix=f"{ctx.step}-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(storage.read_bytes(uri))
-    return path
 
 
 def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> dict:
@@ -239,7 +229,6 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
             "workflow_id": ctx.workflow_id,
             "train_manifest_sha256": prepare["train_sha256"],
             "test_manifest_sha256": prepare["test_sha256"],
-            "git_commit": git_commit(),
             "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
             "preset": ctx.config["preset"],
         },
@@ -253,23 +242,3 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
         "metric": primary,
         "value": metrics[primary],
     }
-
-
-def git_commit() -> str:
-    """The project's git commit (``STPA_GIT_COMMIT`` when set, e.g. by a container build), or "unknown"."""
-    if os.environ.get("STPA_GIT_COMMIT"):
-        return os.environ["STPA_GIT_COMMIT"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

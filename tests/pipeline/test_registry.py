@@ -108,7 +108,11 @@ def test_champion_moves_only_to_a_strictly_better_version(server, history):
     assert tags["manifest.test.sha256"] == run_params["manifest.test.sha256"]
     assert tags["stpa.run_id"] == run1
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    assert tags[GIT_COMMIT_TAG] == (head.stdout.strip() if head.returncode == 0 else "unknown")
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    expected = head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else "unknown"
+    assert tags[GIT_COMMIT_TAG] == expected
     assert client.get_model_version("stpa-ucf101", "4").tags["sweep"] == "s1"
     # The lock is gone after each registration.
     assert not [m for m in client.search_registered_models() if m.name.endswith(LOCK_SUFFIX)]
