@@ -115,7 +115,7 @@ def experiment_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
-    """The DAG's final step(s) and the workflow id."""
+    """The DAG's final step(s), the workflow id, the run root, and the run's TrainConfig (for sizing Ray)."""
     from pipeline.presets import apply_overrides, preset
     from pipeline.tracking import tracking_uri
     from pipeline.workflow import Step, config_id
@@ -185,7 +185,7 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
             settings=settings,
         )
     prefix = f"{'sweep' if sweep else 'train'}-{dataset}-{args.preset}"
-    return [final], args.workflow_id or config_id(prefix, identity), storage_root
+    return [final], args.workflow_id or config_id(prefix, identity), storage_root, exp.train
 
 
 def main(dataset: str, argv: list[str] | None = None, sweep: bool = False) -> int:
@@ -193,14 +193,11 @@ def main(dataset: str, argv: list[str] | None = None, sweep: bool = False) -> in
     from pipeline.runtime import init_ray
     from pipeline.workflow import WorkflowError, format_plan, plan, run_workflow
 
-    targets, workflow_id, root = build_workflow(dataset, args, sweep)
+    targets, workflow_id, root, train_cfg = build_workflow(dataset, args, sweep)
     statuses = plan(targets, root, workflow_id)
     print(format_plan(statuses, workflow_id), flush=True)
     if args.dry_run:
         return 0
-    from pipeline.presets import apply_overrides, preset
-
-    train_cfg = apply_overrides(preset(args.preset, dataset, 2), experiment_overrides(args)).train
     if args.rerun or not all(s.done for s in statuses):  # nothing to run: no cluster needed
         init_ray(num_train_workers=0 if train_cfg.use_gpu else train_cfg.num_workers)
     try:
