@@ -175,7 +175,7 @@ def format_plan(statuses: Sequence[StepStatus], workflow_id: str) -> str:
     for s in statuses:
         after = f" (after {', '.join(s.upstream)})" if s.upstream else ""
         state = f"done {s.finished_at}, {s.seconds:.0f}s" if s.done else "to run"
-        lines.append(f"  {s.name:<9} {s.key}  {state:<32}{after}")
+        lines.append(f"  {s.name:<9} {s.key}  {state:<32}{after}".rstrip())
         lines.append(f"  {'':<9} {s.out_dir}")
     return "\n".join(lines)
 
