@@ -18,6 +18,7 @@ import pytest
 from pipeline.prepare import prepare_manifest, read_manifest
 from pipeline.presets import apply_overrides, smoke
 from pipeline.synth import synthesize
+from pipeline.tracking import process_uris
 from pipeline.train import fit, steps_per_epoch
 
 pytestmark = pytest.mark.slow
@@ -91,7 +92,10 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
     assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.csv"} <= artifacts
     heatmaps = client.list_artifacts(run.info.run_id, "attention")
     assert len(heatmaps) == exp.train.num_heatmap_clips
-    assert client.list_artifacts(run.info.run_id, "model"), "the model was not logged"
+    # The run's model is an MLflow 3 logged model: listing runs:/<run>/model resolves it through MLflow's
+    # process-wide tracking URI (not the client's), so point that at this store for the call.
+    with process_uris(uri):
+        assert client.list_artifacts(run.info.run_id, "model"), "the model was not logged"
 
 
 def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
