@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -40,6 +41,7 @@ from stpa_model import ModelConfig, STPANet, total_loss
 
 PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
 BEST_MODEL_FILE = "best_model.pt"
+METRICS_FILE = "metrics.json"  # in each checkpoint: the metrics reported with it
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     state = TrainState(epoch=0, global_step=0, best_metric=-math.inf, restarts=0)
     best_weights = None
+    reported: dict | None = None  # what the resumed checkpoint's epoch reported
     checkpoint = ray.train.get_checkpoint()  # [ray] set when resuming (worker restart or same run name)
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
@@ -205,10 +208,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
             best_path = os.path.join(ckpt_dir, BEST_MODEL_FILE)
             if os.path.exists(best_path):
                 best_weights = torch.load(best_path, map_location="cpu", weights_only=True)
+            metrics_path = os.path.join(ckpt_dir, METRICS_FILE)
+            if os.path.exists(metrics_path):
+                with open(metrics_path) as f:
+                    reported = json.load(f)
         state.restarts += 1
     mlflow_run = _mlflow_for_rank(rank, loop_config)
     if mlflow_run is not None and checkpoint:
+        if reported is not None:  # the attempt that wrote the checkpoint may have died before MLflow saw it
+            mlflow_run.log_report_once(reported)
         mlflow_run.log_metric("restarts", state.restarts, step=state.epoch)
+    if reported is not None and reported.get("final") and state.epoch >= cfg.epochs:
+        # The run had finished (killed before its driver saw the result): report the same result again.
+        _report(reported, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
+        return
 
     train_shard = ray.train.get_dataset_shard("train")  # [ray]
     steps_this_attempt = 0
@@ -300,8 +313,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 f"clips/s {clips_per_second:.1f} eta {time.strftime('%H:%M:%S', time.gmtime(remaining))}",
                 flush=True,
             )
-            if mlflow_run is not None:
-                mlflow_run.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
         _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
 
     # Final multi-view evaluation of the best model (the last one when validation never ran).
@@ -316,7 +327,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0 and cfg.final_test:
         print("test " + " ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
         if mlflow_run is not None:
-            mlflow_run.log_metrics({k: float(v) for k, v in final.items()}, step=state.epoch)
             from pipeline.artifacts import log_evaluation_artifacts
 
             log_evaluation_artifacts(mlflow_run, unwrap(model), exp, test_table, details, device)
@@ -335,7 +345,11 @@ def _quiet_ray_logs() -> None:
 
 
 def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint, which keeps the reported metrics.
+
+    MLflow gets the metrics from ````pipeline.train_callbacks.MlflowEpochLogger`` once Ray Train has registered the checkpoint, not from
+    here: a worker killed between logging and the checkpoint's commit would retrain that epoch and log it twice.
+    """
     import ray.train
 
     with tempfile.TemporaryDirectory() as directory:
@@ -344,6 +358,8 @@ def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weig
             save_checkpoint(directory, model, optimizer, scheduler, scaler, state, dataclasses.asdict(exp))
             if best_weights is not None:
                 torch.save(best_weights, os.path.join(directory, BEST_MODEL_FILE))
+            with open(os.path.join(directory, METRICS_FILE), "w") as f:
+                json.dump({k: float(v) for k, v in metrics.items()}, f)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
 
@@ -360,6 +376,22 @@ class _RankZeroRun:
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         self.client.log_metric(self.run_id, key, value, step=step)
+
+    def log_report_once(self, metrics: dict[str, float]) -> bool:
+        """Log one ``ray.train.report``'s metrics at its step unless they are on record already; True if logged.
+
+        An epoch's report is keyed by ``epoch``, the final report by ``final`` (both at the epoch's step).
+        """
+        marker = "final" if metrics.get("final") else "epoch"
+        if marker not in metrics:
+            return False
+        step = int(metrics["epoch"]) if "epoch" in metrics else 0
+        if any(m.step == step for m in self.client.get_metric_history(self.run_id, marker)):
+            return False
+        self.log_metrics(
+            {k: float(v) for k, v in metrics.items() if not (marker == "final" and k == "epoch")}, step
+        )
+        return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -416,6 +448,7 @@ def fit(
     from pipeline.prepare import read_manifest
     from pipeline.tracking import find_or_create_run
     from pipeline.tracking import tracking_uri as default_tracking_uri
+    from pipeline.train_callbacks import MlflowEpochLogger
 
     cfg = exp.train
     train_table, class_names = read_manifest(train_manifest)
@@ -479,7 +512,7 @@ def fit(
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
-            callbacks=list(callbacks or []),
+            callbacks=[*(callbacks or []), *([MlflowEpochLogger(uri, run_id)] if run_id else [])],
         ),
         datasets={"train": train_dataset},
     )

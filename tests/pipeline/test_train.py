@@ -128,6 +128,8 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
 
 
 def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     train_uri, test_uri = ucf_data
     uri = _mlflow(tmp_path)
     storage = str(tmp_path / "ray")
@@ -153,9 +155,27 @@ def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path
     assert second.metrics["steps_this_attempt"] == per_epoch  # only the third epoch ran
     assert second.metrics["global_step"] == 3 * per_epoch
 
+    # A finished run asked again for what it did: the same result, nothing trained, evaluated or logged again.
+    third = fit(
+        _smoke(5, **{"train.epochs": 3}),
+        train_uri,
+        test_uri,
+        storage_path=storage,
+        run_name="r",
+        tracking_uri=uri,
+    )
+    assert third.metrics["test_top1"] == second.metrics["test_top1"]
+    assert third.metrics["global_step"] == 3 * per_epoch
+    client = MlflowClient(tracking_uri=uri)
+    assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "epoch")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "final")) == [2, 3]
+
 
 def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_path):
+    """The kill lands while the second checkpoint uploads, after that epoch trained: the epoch is trained again,
+    and MLflow still has each epoch once (metrics are logged when Ray Train registers their checkpoint)."""
     import psutil
+    from mlflow.tracking import MlflowClient
 
     train_uri, test_uri = ucf_data
     storage = tmp_path / "ray"
@@ -184,7 +204,8 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_pa
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
-    result = fit(exp, train_uri, test_uri, storage_path=str(storage), run_name="k", tracking_uri="")
+    uri = _mlflow(tmp_path)
+    result = fit(exp, train_uri, test_uri, storage_path=str(storage), run_name="k", tracking_uri=uri)
     killer.join(timeout=1)
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert killed, "no train worker was found to kill"
@@ -192,3 +213,7 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_pa
     assert result.metrics["global_step"] == 4 * per_epoch
     assert result.metrics["steps_this_attempt"] < 4 * per_epoch  # resumed, not retrained from scratch
     assert np.isfinite(result.metrics["test_top1"])
+    client = MlflowClient(tracking_uri=uri)
+    epochs = [int(m.value) for m in client.get_metric_history(result.mlflow_run_id, "epoch")]
+    assert sorted(epochs) == [1, 2, 3, 4], epochs
+    assert max(m.value for m in client.get_metric_history(result.mlflow_run_id, "restarts")) >= 1

@@ -1,0 +1,29 @@
+"""Ray Train callbacks of ``pipeline.train.fit`` (a module of its own: importing it imports Ray Train)."""
+
+from __future__ import annotations
+
+import ray.train
+
+from pipeline.train import _RankZeroRun
+
+
+class MlflowEpochLogger(ray.train.UserCallback):
+    """Logs each report's metrics to the run's MLflow run from the Ray Train controller, after the report's
+    checkpoint is registered (Ray Train calls its checkpoint manager first), so that an epoch is logged once:
+    a report whose checkpoint never committed is retrained and logged then, and one whose logging was cut
+    short is logged by the resumed worker from the checkpoint's ``metrics.json``."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._run: _RankZeroRun | None = None
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if not metrics:
+            return
+        if self._run is None:
+            self._run = _RankZeroRun(self.tracking_uri, self.run_id)
+        try:
+            self._run.log_report_once(metrics[0])  # rank 0's report
+        except Exception as error:  # noqa: BLE001 - tracking trouble must not stop training; the checkpoint has them
+            print(f"warning: could not log epoch metrics to MLflow run {self.run_id}: {error}", flush=True)
