@@ -379,8 +379,6 @@ def register(
         # Creates the registered model if needed (a concurrent creation is handled by MLflow: "already exists").
         model_version = mlflow.register_model(model_uri, name, tags=version_tags)
     version = int(model_version.version)
-    client.set_registered_model_tag(name, DATASET_TAG, dataset)
-    client.set_registered_model_tag(name, PRIMARY_METRIC_TAG, primary_name)
 
     with registry_lock(client, name, timeout_s=lock_timeout_s, stale_after_s=stale_lock_after_s) as lock:
         champion = _champion(client, name)
@@ -392,6 +390,12 @@ def register(
                     f"{name}: the champion (version {champion.version}) was chosen by {champion_metric!r}, this "
                     f"registration compares {primary_name!r}; version {version} stays a plain version"
                 )
+        # Under the lock: MLflow's SQL store inserts a new tag after a check, so two first registrations setting
+        # the same registered-model tag at once collide on its unique key (seen in CI).
+        model_tags = client.get_registered_model(name).tags or {}
+        for key, tag_value in ((DATASET_TAG, dataset), (PRIMARY_METRIC_TAG, primary_name)):
+            if model_tags.get(key) != tag_value:
+                client.set_registered_model_tag(name, key, tag_value)
         # A champion without a readable metric tag (an alias set by hand) is replaced.
         is_champion = champion is None or previous_value is None or value > previous_value
         if is_champion:

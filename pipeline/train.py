@@ -512,7 +512,8 @@ def fit(
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
-            callbacks=[*(callbacks or []), *([MlflowEpochLogger(uri, run_id)] if run_id else [])],
+            # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
+            callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
         ),
         datasets={"train": train_dataset},
     )

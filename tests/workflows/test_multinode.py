@@ -3,8 +3,9 @@ submitted with ``ray job submit``, surviving the loss of the worker node in the 
 
 Checked through Ray's state API (an independent record, not our logs): decode tasks ran on both nodes and Ray
 Train workers were placed on both; then the worker node is SIGKILLed (raylet, agents, workers) after the first
-epoch's checkpoint is committed; the job still finishes on the head, MLflow records the restart, and epoch 1 is
-not trained again.
+epoch's checkpoint is committed; the job still finishes on the head, MLflow records the restart, epoch 1 is
+not trained again, and each epoch is logged once (the epoch cut short by the loss is logged by the attempt
+that finishes it).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_two_nodes_then_node_loss(tmp_path: Path) -> None:
         run_id = summary["mlflow_run_id"]
         assert max(m.value for m in client.get_metric_history(run_id, "restarts")) >= 1
         epochs = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
-        assert epochs.count(1) == 1 and max(epochs) == 3, epochs  # epoch 1 was not trained again
+        assert sorted(epochs) == [1, 2, 3], epochs  # each epoch on record once; epoch 1 was not trained again
         steps = client.get_metric_history(run_id, "steps_this_attempt")
         first_epoch = min(m.value for m in steps if m.step == 1)
         last = max(m.value for m in steps if m.step == 3)
