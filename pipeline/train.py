@@ -127,16 +127,6 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _collate_train(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Numpy clip batch -> tensors (frames stay uint8 until the device; ids are not needed to train)."""
-    out = {schema.FRAMES: torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES]))}
-    if schema.LABELS in batch:
-        out[schema.LABELS] = torch.from_numpy(np.asarray(batch[schema.LABELS], dtype=np.float32))
-    else:
-        out[schema.LABEL] = torch.from_numpy(np.asarray(batch[schema.LABEL], dtype=np.int64))
-    return out
-
-
 def evaluate(
     model: torch.nn.Module,
     test_table: pa.Table,
@@ -167,6 +157,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """The training loop on one Ray Train worker."""
     import ray.train
     import ray.train.torch
+
+    from pipeline.train_ray import TrainBatchCollate
 
     _quiet_ray_logs()
     exp: ExperimentConfig = loop_config["experiment"]
@@ -237,7 +229,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = train_shard.iter_torch_batches(  # [ray]
             batch_size=cfg.batch_size,
             drop_last=True,
-            collate_fn=_collate_train,
+            collate_fn=TrainBatchCollate(),
             device=device,
             prefetch_batches=2,
             local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
@@ -342,13 +334,18 @@ def _quiet_ray_logs() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Train logs every report (a line per rank per epoch, metrics dict included) at INFO from a logger named
+    # by its file's path, which propagates to the worker's root logger and the console.
+    for name in list(logging.root.manager.loggerDict):
+        if name.replace(os.sep, "/").endswith("ray/train/v2/_internal/execution/context.py"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint, which keeps the reported metrics.
 
-    MLflow gets the metrics from ````pipeline.train_callbacks.MlflowEpochLogger`` once Ray Train has registered the checkpoint, not from
-    here: a worker killed between logging and the checkpoint's commit would retrain that epoch and log it twice.
+    MLflow gets the metrics from ``pipeline.train_ray.MlflowEpochLogger`` once Ray Train has registered the
+    checkpoint, not from here: a worker killed between logging and the checkpoint's commit would retrain that epoch and log it twice.
     """
     import ray.train
 
@@ -448,7 +445,7 @@ def fit(
     from pipeline.prepare import read_manifest
     from pipeline.tracking import find_or_create_run
     from pipeline.tracking import tracking_uri as default_tracking_uri
-    from pipeline.train_callbacks import MlflowEpochLogger
+    from pipeline.train_ray import MlflowEpochLogger
 
     cfg = exp.train
     train_table, class_names = read_manifest(train_manifest)
@@ -514,6 +511,14 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
             # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
             callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
+            # Ray Train reroutes a worker's print() through its logger, which reaches the console twice when
+            # Ray captures the worker's stdout (every epoch line printed two times); plain prints unless the
+            # user set RAY_TRAIN_ENABLE_PRINT_PATCH.
+            worker_runtime_env={
+                "env_vars": {
+                    "RAY_TRAIN_ENABLE_PRINT_PATCH": os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+                }
+            },
         ),
         datasets={"train": train_dataset},
     )

@@ -1,10 +1,27 @@
-"""Ray Train callbacks of ``pipeline.train.fit`` (a module of its own: importing it imports Ray Train)."""
+"""The parts of ``pipeline.train`` that subclass Ray types (a module of its own: importing it imports Ray Train
+and Ray Data, which ``pipeline.train`` itself leaves until a run starts)."""
 
 from __future__ import annotations
 
+import numpy as np
 import ray.train
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
+from pipeline import schema
 from pipeline.train import _RankZeroRun
+
+
+class TrainBatchCollate(NumpyBatchCollateFn):
+    """Numpy clip batch -> tensors (frames stay uint8 until the device; ids are not needed to train)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {schema.FRAMES: torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES]))}
+        if schema.LABELS in batch:
+            out[schema.LABELS] = torch.from_numpy(np.asarray(batch[schema.LABELS], dtype=np.float32))
+        else:
+            out[schema.LABEL] = torch.from_numpy(np.asarray(batch[schema.LABEL], dtype=np.int64))
+        return out
 
 
 class MlflowEpochLogger(ray.train.UserCallback):
