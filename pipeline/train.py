@@ -178,6 +178,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         load_backbone_weights(model, cfg.pretrained)
     freeze_batchnorm(model, cfg.freeze_bn)
+    # Channels-last weights: frames_to_model_input's clips are channels-last already (a permute of decoded HWC
+    # frames), so weight gradients come out channels-last; with NCHW weights DDP warns that they do not match its
+    # buckets. Measured on CPU (forward + backward): ResNet-50 at 224 793 ms vs 807 (NCHW weights) and 916
+    # (contiguous clips); ResNet-18 at 112 181 vs 212 and 180. It is also cuDNN's fast layout under AMP.
+    model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)  # [ray] device placement + DDP
     if cfg.compile:
         model = torch.compile(model)
