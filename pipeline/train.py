@@ -350,7 +350,8 @@ def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weig
     """Every rank reports (a barrier); rank 0 attaches the checkpoint, which keeps the reported metrics.
 
     MLflow gets the metrics from ``pipeline.train_ray.MlflowEpochLogger`` once Ray Train has registered the
-    checkpoint, not from here: a worker killed between logging and the checkpoint's commit would retrain that epoch and log it twice.
+    checkpoint, not from here: a worker killed between logging and the checkpoint's commit would train that
+    epoch again and log it twice.
     """
     import ray.train
 

@@ -132,23 +132,15 @@ def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path
 
     train_uri, test_uri = ucf_data
     uri = _mlflow(tmp_path)
-    storage = str(tmp_path / "ray")
-    first = fit(
-        _smoke(5, **{"train.epochs": 2}),
-        train_uri,
-        test_uri,
-        storage_path=storage,
-        run_name="r",
-        tracking_uri=uri,
-    )
-    second = fit(
-        _smoke(5, **{"train.epochs": 3}),
-        train_uri,
-        test_uri,
-        storage_path=storage,
-        run_name="r",
-        tracking_uri=uri,
-    )
+
+    def run(epochs: int):
+        exp = _smoke(5, **{"train.epochs": epochs})
+        return fit(
+            exp, train_uri, test_uri, storage_path=str(tmp_path / "ray"), run_name="r", tracking_uri=uri
+        )
+
+    first = run(2)
+    second = run(3)
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert second.mlflow_run_id == first.mlflow_run_id
     assert second.metrics["restarts"] == 1
@@ -156,16 +148,12 @@ def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path
     assert second.metrics["global_step"] == 3 * per_epoch
 
     # A finished run asked again for what it did: the same result, nothing trained, evaluated or logged again.
-    third = fit(
-        _smoke(5, **{"train.epochs": 3}),
-        train_uri,
-        test_uri,
-        storage_path=storage,
-        run_name="r",
-        tracking_uri=uri,
-    )
+    third = run(3)
     assert third.metrics["test_top1"] == second.metrics["test_top1"]
     assert third.metrics["global_step"] == 3 * per_epoch
+    assert (
+        third.metrics["restarts"] == 1
+    )  # the second run's report, sent again (a new evaluation would say 2)
     client = MlflowClient(tracking_uri=uri)
     assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "epoch")) == [1, 2, 3]
     assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "final")) == [2, 3]
