@@ -85,7 +85,8 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
     torch.manual_seed(0)
     device = torch.device("cuda" if exp.train.use_gpu else "cpu")
     amp = exp.train.precision == "bf16"
-    model = STPANet(exp.model).to(device).train()
+    # The same memory layout as train_loop_per_worker (channels-last weights), so the ratio measures Ray's loop.
+    model = STPANet(exp.model).to(device, memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, exp.optim, scaled_lr(exp.optim, exp.train.batch_size))
     tensors = [
         (torch.from_numpy(b[schema.FRAMES]), torch.from_numpy(b[schema.LABEL].astype(np.int64)))
