@@ -18,17 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import LocalRayCluster, ray_executable
+from tests.ray_cluster import FAST_HEALTH_CHECKS, LocalRayCluster, ray_executable
 
 pytestmark = pytest.mark.slow
-
-# A killed node is declared dead after a few missed health checks: ~3 s here instead of ~15 s by default.
-FAST_HEALTH_CHECKS = {
-    "RAY_health_check_initial_delay_ms": "1000",
-    "RAY_health_check_period_ms": "500",
-    "RAY_health_check_timeout_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-}
 
 # Connects with whatever token its environment gives, lists the alive nodes, runs one task on each node.
 CLIENT = """

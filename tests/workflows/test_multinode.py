@@ -18,18 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_server import mlflow_server
-from tests.ray_cluster import LocalRayCluster
+from tests.ray_cluster import FAST_HEALTH_CHECKS, LocalRayCluster
 from tests.workflows.jobs import job_id_of, job_logs, submit_workflow, wait_for_checkpoints, wait_for_end
 
 pytestmark = pytest.mark.slow
-
-# A killed node is declared dead after a few missed health checks: seconds instead of ~30 s by default.
-FAST_HEALTH_CHECKS = {
-    "RAY_health_check_initial_delay_ms": "1000",
-    "RAY_health_check_period_ms": "500",
-    "RAY_health_check_timeout_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-}
 
 
 def state(cluster: LocalRayCluster, resource: str, **filters: str) -> list[dict]:
