@@ -22,8 +22,8 @@ from stpa_model.attention import (
     attention_heatmaps,
 )
 from stpa_model.config import VARIANTS, ModelConfig, model_config
-from stpa_model.losses import classification_loss, diversity_loss, interaction_loss, total_loss
-from stpa_model.model import STPAFeatures, STPANet, STPAOutput, build_model
+from stpa_model.losses import classification_loss, diversity_loss, interaction_loss
+from stpa_model.model import STPAFeatures, STPANet, STPAOutput, build_model, total_loss
 from stpa_model.pretrained import load_pretrained_backbone, map_resnet_keys, read_state_dict
 from stpa_model.resnet import RESNET_SPECS, STAGE_NAMES, ResNet, feature_size, temporal_shift
 

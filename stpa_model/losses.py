@@ -1,7 +1,7 @@
 """Losses of STPA (Du et al., ECCV 2018; PAPER.md "Losses"): interaction, multi-scale diversity, classification.
 
 Total (the paper): ``L = CE + lambda*||w||^2 + beta*l_inter + gamma*l_attn``. Weight decay (lambda) lives in
-the optimiser; ``total_loss`` adds the other three. Every function returns a float32 scalar averaged over the
+the optimiser; ``stpa_model.model.total_loss`` adds the other three. Every function returns a float32 scalar averaged over the
 batch, computed in float32 also under autocast.
 
 Shape legend: B clips (or frames, for the per-frame spatial attention), d rows of A, P positions, C channels,
@@ -10,14 +10,8 @@ N pyramid levels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from stpa_model.config import ModelConfig
-    from stpa_model.model import STPAOutput
 
 INTERACTION_NORMALIZATIONS: tuple[str, ...] = ("position", "size", "none")
 DIVERSITY_NORMALIZATIONS: tuple[str, ...] = ("mean", "none")
@@ -148,30 +142,3 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, multi_label
             f"got {targets.dtype} {tuple(targets.shape)}"
         )
     return F.cross_entropy(logits.float(), targets)
-
-
-def total_loss(
-    output: STPAOutput, targets: torch.Tensor, config: ModelConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training objective: ``classification + beta * interaction + gamma * diversity``.
-
-    Weight decay is the optimiser's. With ``attention="plain"`` the auxiliary losses are reported but weighted
-    by zero (the non-interaction baseline); with ``attention="none"`` there are none.
-
-    Args:
-        output: the model's output.
-        targets: see ``classification_loss``.
-        config: the model's config (``multi_label``, ``beta``, ``gamma``, ``attention``).
-
-    Returns:
-        The scalar loss to backpropagate, and its unweighted parts by name ("classification", and
-        "interaction" and "diversity" when the model has attention) for logging.
-    """
-    loss = classification_loss(output.logits, targets, config.multi_label)
-    parts = {"classification": loss, **output.losses}
-    beta, gamma = config.loss_weights
-    if beta:
-        loss = loss + beta * output.losses["interaction"]
-    if gamma:
-        loss = loss + gamma * output.losses["diversity"]
-    return loss, parts

@@ -38,7 +38,7 @@ from stpa_model.attention import (
     attended_to_map,
 )
 from stpa_model.config import ModelConfig, model_config
-from stpa_model.losses import diversity_loss, interaction_loss
+from stpa_model.losses import classification_loss, diversity_loss, interaction_loss
 from stpa_model.resnet import RESNET_SPECS, ResNet, stage_index
 
 
@@ -220,3 +220,30 @@ def build_model(variant: str, **overrides: Any) -> STPANet:
         ValueError: unknown variant or override name (the message lists the valid ones), or invalid values.
     """
     return STPANet(model_config(variant, **overrides))
+
+
+def total_loss(
+    output: STPAOutput, targets: torch.Tensor, config: ModelConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective: ``classification + beta * interaction + gamma * diversity``.
+
+    Weight decay is the optimiser's. With ``attention="plain"`` the auxiliary losses are reported but weighted
+    by zero (the non-interaction baseline); with ``attention="none"`` there are none.
+
+    Args:
+        output: the model's output.
+        targets: see ``classification_loss``.
+        config: the model's config (``multi_label``, ``beta``, ``gamma``, ``attention``).
+
+    Returns:
+        The scalar loss to backpropagate, and its unweighted parts by name ("classification", and
+        "interaction" and "diversity" when the model has attention) for logging.
+    """
+    loss = classification_loss(output.logits, targets, config.multi_label)
+    parts = {"classification": loss, **output.losses}
+    beta, gamma = config.loss_weights
+    if beta:
+        loss = loss + beta * output.losses["interaction"]
+    if gamma:
+        loss = loss + gamma * output.losses["diversity"]
+    return loss, parts
