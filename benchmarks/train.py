@@ -49,7 +49,8 @@ def parse_args() -> argparse.Namespace:
 
 def experiment(args, num_classes: int, num_workers: int):
     """The smoke preset with the benchmark's model, clip size and batch, applied as one set of overrides."""
-    from pipeline.presets import apply_overrides, smoke
+    from pipeline.config import apply_overrides
+    from pipeline.presets import smoke
     from stpa_model import model_config
 
     model = model_config(args.variant, input_size=args.input_size, num_segments=args.num_segments)

@@ -7,41 +7,11 @@ checkpoint mid-epoch and different world sizes all give the same curve.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class OptimConfig:
-    optimizer: str = "sgd"  # "sgd" (momentum, TSN-style) or "adamw"
-    lr: float = 0.01  # for the reference batch size below; scaled linearly by the actual global batch
-    reference_batch_size: int = 64  # global batch size (clips) at which `lr` applies
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # lambda of PAPER.md's total loss, as decoupled/coupled weight decay
-    no_decay_on_norm_and_bias: bool = (
-        True  # BN/LayerNorm weights and biases are not decayed (common practice)
-    )
-    schedule: str = "cosine"  # "cosine" or "step"
-    warmup_steps: int = 0  # linear warm-up from warmup_start_factor * lr
-    warmup_start_factor: float = 0.1
-    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of total steps where "step" decays
-    step_gamma: float = 0.1
-    min_lr_factor: float = 0.0  # cosine floor as a fraction of the peak lr
-    grad_clip_norm: float | None = 20.0  # None disables clipping
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
-        if self.lr <= 0 or self.reference_batch_size <= 0:
-            raise ValueError("lr and reference_batch_size must be positive")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not all(0 < m < 1 for m in self.step_milestones):
-            raise ValueError(f"step_milestones are fractions in (0, 1), got {self.step_milestones}")
+from pipeline.config import OptimConfig
 
 
 def scaled_lr(config: OptimConfig, global_batch_size: int) -> float:

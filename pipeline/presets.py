@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from pipeline.clips import ClipConfig
-from pipeline.optim import OptimConfig
-from pipeline.train import ExperimentConfig, TrainConfig
+from pipeline.config import ExperimentConfig, OptimConfig, TrainConfig
 from stpa_model import model_config
 
 NUM_CLASSES = {"ucf101": 101, "hmdb51": 51, "charades": 157}
@@ -116,22 +115,3 @@ def preset(name: str, dataset: str, num_classes: int) -> ExperimentConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
     return PRESETS[name](dataset, num_classes)
-
-
-def apply_overrides(exp: ExperimentConfig, overrides: dict[str, object]) -> ExperimentConfig:
-    """Flat ``section.field`` overrides (``{"model.beta": 0.0, "train.epochs": 3}``), as Ray Tune's param_space
-    holds them, applied with ``dataclasses.replace`` so every section validates again."""
-    sections: dict[str, dict[str, object]] = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if not name or section not in {f.name for f in dataclasses.fields(exp)} or section == "dataset":
-            raise ValueError(
-                f"override {key!r} must be <section>.<field>, section one of model, train, optim, "
-                "train_clips, val_clips, test_clips"
-            )
-        valid = {f.name for f in dataclasses.fields(getattr(exp, section))}
-        if name not in valid:
-            raise ValueError(f"override {key!r}: {section} has no field {name!r}; valid: {sorted(valid)}")
-        sections.setdefault(section, {})[name] = value
-    changes = {s: dataclasses.replace(getattr(exp, s), **fields) for s, fields in sections.items()}
-    return dataclasses.replace(exp, **changes)

@@ -28,7 +28,6 @@ videos that decoded) says why. Decoded clips skip the decoding: ``loaded.unwrap_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -41,12 +40,16 @@ import pandas as pd
 import torch
 
 from pipeline import schema, storage
-from pipeline.clips import ClipConfig, decode_views
+from pipeline.clips import decode_views
+from pipeline.config import (
+    ExperimentConfig,
+    autocast_dtype,
+    experiment_from_dict,
+    experiment_to_json,
+)
 from pipeline.metrics import aggregate_views
-from pipeline.optim import OptimConfig
 from pipeline.tracking import process_uris
-from pipeline.train import ExperimentConfig, TrainConfig, autocast_dtype
-from stpa_model import ModelConfig, STPANet
+from stpa_model import STPANet
 
 VIDEO_COLUMN = "video"  # the input column and the first output column
 ERROR_COLUMN = "error"  # output column with on_error="nan"
@@ -73,55 +76,6 @@ class VideoPredictionError(RuntimeError):
         super().__init__(f"cannot score video {video}: {reason}")
         self.video = video
         self.reason = reason
-
-
-# --- the config, back from JSON ---------------------------------------------------------------------------------
-def _section_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """One config dataclass from its ``dataclasses.asdict`` form: JSON lists back to tuples, unknown keys refused."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid: {sorted(fields)}")
-    values = {}
-    for name, value in data.items():
-        # Tuple-typed fields (ModelConfig.pyramid_layers, ClipConfig.scales, OptimConfig.step_milestones) come
-        # back from JSON as lists; the frozen configs are meant to hold tuples (hashable, equal to the original).
-        if isinstance(value, list) and str(fields[name].type).startswith("tuple"):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
-
-
-def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """The inverse of ``dataclasses.asdict(exp)`` (also after a JSON round trip), validated again.
-
-    Raises:
-        ValueError: a section or field is missing or unknown, or a value is invalid (names the field).
-    """
-    sections = {
-        "model": ModelConfig,
-        "train_clips": ClipConfig,
-        "val_clips": ClipConfig,
-        "test_clips": ClipConfig,
-        "optim": OptimConfig,
-        "train": TrainConfig,
-    }
-    unknown = sorted(set(data) - set(sections) - {"dataset"})
-    if unknown:
-        raise ValueError(f"experiment config: unknown section(s) {unknown}")
-    missing = sorted({"dataset", "model", "train_clips", "val_clips", "test_clips"} - set(data))
-    if missing:
-        raise ValueError(f"experiment config: missing section(s) {missing}")
-    kwargs = {
-        name: _section_from_dict(cls, data[name], name) for name, cls in sections.items() if name in data
-    }
-    return ExperimentConfig(dataset=data["dataset"], **kwargs)
-
-
-def experiment_to_json(exp: ExperimentConfig) -> str:
-    return json.dumps(dataclasses.asdict(exp), indent=1, sort_keys=True)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------

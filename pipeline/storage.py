@@ -98,3 +98,20 @@ def remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path)
+
+
+def checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
+    """The checkpoint folder as a URI: Ray reports it as a path inside the storage filesystem (no scheme)."""
+    scheme, sep, _ = normalize_uri(storage_path).partition("://")
+    return f"{scheme}://{checkpoint_path}" if sep and "://" not in checkpoint_path else checkpoint_path
+
+
+def ray_storage(storage_path: str):
+    """Ray Train storage arguments for a local folder or an fsspec URI."""
+    storage_path = normalize_uri(storage_path)
+    if "://" not in storage_path:
+        return None, storage_path
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(storage_path)
+    return PyFileSystem(FSSpecHandler(fs)), path

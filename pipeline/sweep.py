@@ -50,8 +50,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import storage
-from pipeline.presets import apply_overrides
-from pipeline.train import ExperimentConfig, TrainConfig
+from pipeline.config import ExperimentConfig, TrainConfig, apply_overrides
 from stpa_model.attention import FUSION_MODES, RESAMPLE_MODES
 from stpa_model.config import ATTENTION_MODES
 from stpa_model.resnet import STAGE_NAMES
@@ -355,7 +354,6 @@ def run_sweep(
     from pipeline.runtime import init_ray
     from pipeline.tracking import find_or_create_run
     from pipeline.tracking import tracking_uri as default_tracking_uri
-    from pipeline.train import _storage
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -371,7 +369,7 @@ def run_sweep(
     init_ray(num_train_workers=exp.train.num_workers)  # no-op when the caller already connected
     num_concurrent = max_concurrent_trials or default_concurrency(exp.train)
     metric = "best_" + exp.primary_metric  # the best validation value so far: in every report
-    storage_filesystem, storage_root = _storage(storage_path)
+    storage_filesystem, storage_root = storage.ray_storage(storage_path)
     # The experiment's path inside the storage filesystem (local, or an fsspec path without its scheme).
     experiment_path = (
         posixpath.join(storage_root, name) if storage_filesystem else os.path.join(storage_root, name)
@@ -537,8 +535,6 @@ def _trial_row(exp: ExperimentConfig, result, storage_path: str) -> tuple[dict[s
     """One row of the comparison table, and the trial's sampled config, from a Tune ``Result``."""
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-    from pipeline.train import _checkpoint_uri
-
     metrics = dict(result.metrics or {})
     config = dict(result.config or {})
     trial_exp = apply_overrides(exp, expand_overrides(exp, config))
@@ -566,7 +562,7 @@ def _trial_row(exp: ExperimentConfig, result, storage_path: str) -> tuple[dict[s
         row[val_key] = float(values.iloc[-1]) if len(values) else None
     row.update({key: float(metrics[key]) for key in sorted(metrics) if key.startswith("test_")})
     checkpoint_path = metrics.get(CHECKPOINT_PATH_KEY)
-    row["checkpoint_uri"] = _checkpoint_uri(storage_path, checkpoint_path) if checkpoint_path else ""
+    row["checkpoint_uri"] = storage.checkpoint_uri(storage_path, checkpoint_path) if checkpoint_path else ""
     row["error"] = _error_text(result.error) if result.error is not None else ""
     return row, config
 

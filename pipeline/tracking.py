@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,3 +121,41 @@ def process_uris(uri: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class RankZeroRun:
+    """Logs to one MLflow run from rank 0 through the client API (no global active-run state in workers)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient  # mlflow is heavy: imported when a run logs
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = run_id
+        self.uri = uri
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def log_report_once(self, metrics: dict[str, float]) -> bool:
+        """Log one ``ray.train.report``'s metrics at its step unless they are on record already; True if logged.
+
+        An epoch's report is keyed by ``epoch``, the final report by ``final`` (both at the epoch's step).
+        """
+        marker = "final" if metrics.get("final") else "epoch"
+        if marker not in metrics:
+            return False
+        step = int(metrics["epoch"]) if "epoch" in metrics else 0
+        if any(m.step == step for m in self.client.get_metric_history(self.run_id, marker)):
+            return False
+        self.log_metrics(
+            {k: float(v) for k, v in metrics.items() if not (marker == "final" and k == "epoch")}, step
+        )
+        return True
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+        )

@@ -19,15 +19,16 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import schema
+from pipeline import schema, storage
 from pipeline.checkpoint import TrainState, load_checkpoint, save_checkpoint, unwrap
 from pipeline.clips import ClipConfig, DecodeReport, build_clip_dataset
+from pipeline.config import ExperimentConfig, autocast_dtype
 from pipeline.evaluate import (
     check_complete,
     compute_metrics,
@@ -36,95 +37,17 @@ from pipeline.evaluate import (
     predict_batches,
     shard_table,
 )
-from pipeline.optim import OptimConfig, build_optimizer, build_scheduler, freeze_batchnorm, scaled_lr
-from stpa_model import ModelConfig, STPANet, total_loss
+from pipeline.optim import build_optimizer, build_scheduler, freeze_batchnorm, scaled_lr
+from pipeline.tracking import RankZeroRun
+from stpa_model import STPANet, total_loss
 
-PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
 BEST_MODEL_FILE = "best_model.pt"
 METRICS_FILE = "metrics.json"  # in each checkpoint: the metrics reported with it
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 8  # clips per worker per micro-step; global batch = batch_size * accum * world size
-    grad_accum_steps: int = 1
-    num_workers: int = 2  # Ray Train workers (one per GPU when use_gpu)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"  # Ray placement of the workers: "PACK" (fewest nodes) | "SPREAD" | ...
-    precision: str = "fp32"  # "bf16" or "fp16" autocast (fp16 uses a GradScaler); bf16 also runs on CPU
-    freeze_bn: str = "none"  # "none" | "partial" (TSN) | "all" (what the peers need for Charades)
-    compile: bool = False  # torch.compile the model on each worker
-    eval_every: int = 1  # validate every N epochs (single view) and at the end (multi-view)
-    view_reduce: str = "mean"  # how views of a test video combine: "mean" (UCF101/HMDB51) or "max" (Charades)
-    seed: int = 0
-    num_checkpoints_kept: int = 2
-    max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
-    log_every_steps: int = 20
-    pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
-    num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
-    # Final multi-view test of the best weights inside training. Workflows turn it off and run their own
-    # evaluate step (Ray Data batch inference: pipeline.evaluate.evaluate_weights) instead.
-    final_test: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.view_reduce not in ("mean", "max"):
-            raise ValueError(f"view_reduce must be 'mean' or 'max', got {self.view_reduce!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.num_workers < 1:
-            raise ValueError("epochs, batch_size, grad_accum_steps and num_workers must be >= 1")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ValueError(
-                f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {self.placement_strategy!r}"
-            )
-        if self.freeze_bn not in ("none", "partial", "all"):
-            raise ValueError(f"freeze_bn must be none, partial or all, got {self.freeze_bn!r}")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything one training run needs; each component receives only its own section."""
-
-    dataset: str
-    model: ModelConfig
-    train_clips: ClipConfig
-    val_clips: ClipConfig  # per-epoch validation on the test split (usually one view: fast)
-    test_clips: ClipConfig  # final multi-view evaluation
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if self.dataset not in PRIMARY_METRIC:
-            raise ValueError(f"dataset must be one of {sorted(PRIMARY_METRIC)}, got {self.dataset!r}")
-        for name in ("train_clips", "val_clips", "test_clips"):
-            clips = getattr(self, name)
-            if clips.crop_size != self.model.input_size:
-                raise ValueError(
-                    f"{name}.crop_size ({clips.crop_size}) must equal model.input_size ({self.model.input_size})"
-                )
-            num_frames = clips.num_segments * clips.frames_per_segment
-            if self.model.temporal_position_embedding and num_frames != self.model.num_segments:
-                raise ValueError(
-                    f"{name} yields {num_frames} frames per clip but model.num_segments is "
-                    f"{self.model.num_segments} (the temporal position embedding's length)"
-                )
-        if self.train_clips.train is not True or self.val_clips.train or self.test_clips.train:
-            raise ValueError("train_clips must have train=True, val_clips and test_clips train=False")
-
-    @property
-    def primary_metric(self) -> str:
-        return PRIMARY_METRIC[self.dataset]
 
 
 def steps_per_epoch(num_train_rows: int, world_size: int, batch_size: int) -> int:
     """Optimiser micro-steps each rank runs per epoch (equal shards, last partial batch dropped)."""
     return (num_train_rows // world_size) // batch_size
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def evaluate(
@@ -367,48 +290,10 @@ def _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weig
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray]
 
 
-class _RankZeroRun:
-    """Logs to one MLflow run from rank 0 through the client API (no global active-run state in workers)."""
-
-    def __init__(self, uri: str, run_id: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
-        self.run_id = run_id
-        self.uri = uri
-
-    def log_metric(self, key: str, value: float, step: int) -> None:
-        self.client.log_metric(self.run_id, key, value, step=step)
-
-    def log_report_once(self, metrics: dict[str, float]) -> bool:
-        """Log one ``ray.train.report``'s metrics at its step unless they are on record already; True if logged.
-
-        An epoch's report is keyed by ``epoch``, the final report by ``final`` (both at the epoch's step).
-        """
-        marker = "final" if metrics.get("final") else "epoch"
-        if marker not in metrics:
-            return False
-        step = int(metrics["epoch"]) if "epoch" in metrics else 0
-        if any(m.step == step for m in self.client.get_metric_history(self.run_id, marker)):
-            return False
-        self.log_metrics(
-            {k: float(v) for k, v in metrics.items() if not (marker == "final" and k == "epoch")}, step
-        )
-        return True
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
-        )
-
-
-def _mlflow_for_rank(rank: int, loop_config: dict) -> _RankZeroRun | None:
+def _mlflow_for_rank(rank: int, loop_config: dict) -> RankZeroRun | None:
     if rank != 0 or not loop_config.get("mlflow_run_id"):
         return None
-    return _RankZeroRun(loop_config["mlflow_tracking_uri"], loop_config["mlflow_run_id"])
+    return RankZeroRun(loop_config["mlflow_tracking_uri"], loop_config["mlflow_run_id"])
 
 
 @dataclass(frozen=True)
@@ -483,7 +368,7 @@ def fit(
         if not resumed:
             _log_run_setup(uri, run_id, exp, train_manifest, test_manifest)
 
-    storage_filesystem, storage_root = _storage(storage_path)
+    storage_filesystem, storage_root = storage.ray_storage(storage_path)
     train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
     if clip_cache:
         from pipeline.cache import cached_clip_dataset
@@ -535,33 +420,10 @@ def fit(
         print(train_report.summary(), flush=True)
     if uri:
         _log_decode_failures(uri, run_id, train_report)
-    checkpoint_uri = _checkpoint_uri(storage_path, result.checkpoint.path) if result.checkpoint else ""
+    checkpoint_uri = storage.checkpoint_uri(storage_path, result.checkpoint.path) if result.checkpoint else ""
     if uri:
         _finish_run(uri, run_id, exp, result)
     return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
-
-
-def _checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
-    """The checkpoint folder as a URI: Ray reports it as a path inside the storage filesystem (no scheme)."""
-    from pipeline.storage import normalize_uri
-
-    scheme, sep, _ = normalize_uri(storage_path).partition("://")
-    return f"{scheme}://{checkpoint_path}" if sep and "://" not in checkpoint_path else checkpoint_path
-
-
-def _storage(storage_path: str):
-    """Ray Train storage arguments for a local folder or an fsspec URI."""
-    from pipeline.storage import normalize_uri
-
-    storage_path = normalize_uri(storage_path)
-    if "://" not in storage_path:
-        return None, storage_path
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    from pipeline.storage import filesystem
-
-    fs, path = filesystem(storage_path)
-    return PyFileSystem(FSSpecHandler(fs)), path
 
 
 def _log_run_setup(

@@ -9,7 +9,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipeline import schema
-from pipeline.train import _RankZeroRun
+from pipeline.tracking import RankZeroRun
 
 
 class TrainBatchCollate(NumpyBatchCollateFn):
@@ -33,13 +33,13 @@ class MlflowEpochLogger(ray.train.UserCallback):
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self._run: _RankZeroRun | None = None
+        self._run: RankZeroRun | None = None
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         if not metrics:
             return
         if self._run is None:
-            self._run = _RankZeroRun(self.tracking_uri, self.run_id)
+            self._run = RankZeroRun(self.tracking_uri, self.run_id)
         try:
             self._run.log_report_once(metrics[0])  # rank 0's report
         except Exception as error:  # noqa: BLE001 - tracking trouble must not stop training; the checkpoint has them

@@ -10,29 +10,26 @@ everything it leaves goes to ``ctx.out_dir`` or MLflow. Outputs are small JSON d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 
 from pipeline import storage
+from pipeline.config import ExperimentConfig, apply_overrides, experiment_from_dict, with_num_classes
 from pipeline.workflow import StepContext
 
 SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades"}
 
 
-def build_experiment(config: dict, num_classes: int, extra_overrides: dict | None = None):
-    """The run's ExperimentConfig: a preset for the manifest's class count, then the ``--set`` overrides."""
-    from pipeline.presets import apply_overrides, preset
-
-    exp = preset(config["preset"], config["dataset"], num_classes)
-    overrides = {**config.get("overrides", {}), **(extra_overrides or {})}
-    return apply_overrides(exp, {k: _tuples(v) for k, v in overrides.items()})
-
-
-def _tuples(value):
-    """JSON turns tuples into lists; config fields such as ``model.pyramid_layers`` are tuples."""
-    return tuple(value) if isinstance(value, list) else value
+def experiment_of(config: dict, num_classes: int, extra_overrides: dict | None = None) -> ExperimentConfig:
+    """The experiment the workflow built (``config["experiment"]``, JSON) for the prepared manifest's class count,
+    with this step's own overrides (a sweep's trial epochs, the best trial's settings) on top."""
+    exp = with_num_classes(experiment_from_dict(config["experiment"]), num_classes)
+    # JSON turns tuples into lists; config fields such as ``model.pyramid_layers`` are tuples.
+    extra = {k: tuple(v) if isinstance(v, list) else v for k, v in (extra_overrides or {}).items()}
+    return apply_overrides(exp, extra) if extra else exp
 
 
 def make_data(ctx: StepContext) -> dict:
@@ -89,7 +86,7 @@ def cache(ctx: StepContext, prepare: dict) -> dict:
     """Decode the training clips once into a Parquet cache (``--clip-cache``): later epochs read, not decode."""
     from pipeline.cache import cached_clip_dataset
 
-    exp = build_experiment(ctx.config, prepare["num_classes"])
+    exp = experiment_of(ctx.config, prepare["num_classes"])
     root = storage.join(ctx.out_dir, "clips")
     _, entry = cached_clip_dataset(prepare["train_manifest"], exp.train_clips, root)
     for failure in entry.failures:
@@ -102,7 +99,7 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
     from pipeline.sweep import run_sweep
 
     cfg = ctx.config
-    exp = build_experiment(cfg, prepare["num_classes"], {"train.epochs": cfg["trial_epochs"]})
+    exp = experiment_of(cfg, prepare["num_classes"], {"train.epochs": cfg["trial_epochs"]})
     result = run_sweep(
         exp,
         prepare["train_manifest"],
@@ -131,7 +128,7 @@ def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dic
 
     cfg = ctx.config
     best = (sweep or {}).get("best_overrides", {})
-    exp = build_experiment(cfg, prepare["num_classes"], {**best, "train.final_test": False})
+    exp = experiment_of(cfg, prepare["num_classes"], {**best, "train.final_test": False})
     run_name = _run_name(ctx)
     tags = {"stpa.workflow_id": ctx.workflow_id, "stpa.step_key": ctx.key}
     if sweep:
@@ -152,6 +149,7 @@ def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dic
         "checkpoint_uri": result.checkpoint_uri,
         "metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
         "overrides": {**cfg.get("overrides", {}), **best},
+        "experiment": dataclasses.asdict(exp),
     }
 
 
@@ -174,8 +172,7 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
     from pipeline.evaluate import evaluate_weights
     from pipeline.train import BEST_MODEL_FILE
 
-    cfg = ctx.config
-    exp = build_experiment({**cfg, "overrides": train["overrides"]}, prepare["num_classes"])
+    exp = experiment_from_dict(train["experiment"])
     weights_uri = storage.join(train["checkpoint_uri"], BEST_MODEL_FILE)
     report = DecodeReport.new()
     scalars, details, _ = evaluate_weights(
@@ -197,10 +194,10 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
     if uri and run_id:
         from pipeline.artifacts import log_evaluation_artifacts
         from pipeline.prepare import read_manifest
-        from pipeline.train import _RankZeroRun
+        from pipeline.tracking import RankZeroRun
         from stpa_model import STPANet
 
-        run = _RankZeroRun(uri, run_id)
+        run = RankZeroRun(uri, run_id)
         run.log_metrics(metrics, step=int(train["metrics"].get("epoch", 0)))
         model = STPANet(exp.model)
         state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)

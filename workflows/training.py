@@ -14,6 +14,7 @@ configuration) skips finished steps and resumes training from its last checkpoin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from pipeline import storage
@@ -86,22 +87,14 @@ def build_parser(dataset: str, sweep: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare string such as --set model.fusion=concat
-    return overrides
-
-
 def experiment_overrides(args: argparse.Namespace) -> dict[str, object]:
     """``--set`` values, then the dedicated flags (which win)."""
-    flat = parse_overrides(args.set)
+    from pipeline.config import parse_overrides  # imports torch: not needed for --help
+
+    try:
+        flat = parse_overrides(args.set)  # a malformed item fails here, before Ray starts
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     for flag, key in (
         ("epochs", "train.epochs"),
         ("num_workers", "train.num_workers"),
@@ -116,14 +109,23 @@ def experiment_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
     """The DAG's final step(s), the workflow id, the run root, and the run's TrainConfig (for sizing Ray)."""
-    from pipeline.presets import apply_overrides, preset
+    from pipeline.config import apply_overrides
+    from pipeline.presets import NUM_CLASSES, preset
     from pipeline.tracking import tracking_uri
     from pipeline.workflow import Step, config_id
     from workflows import steps
 
     overrides = experiment_overrides(args)
-    exp = apply_overrides(preset(args.preset, dataset, 2), overrides)  # a bad --set fails now, not in step 3
-    experiment = {"dataset": dataset, "preset": args.preset, "overrides": overrides}
+    # The experiment is built here, once, and travels to every step as JSON; a bad --set fails now, not in step 3.
+    # Steps change only the class count, which the prepared manifest decides.
+    num_classes = NUM_CLASSES.get(dataset, 2) if args.data_root else args.synth_classes
+    exp = apply_overrides(preset(args.preset, dataset, num_classes), overrides)
+    experiment = {
+        "dataset": dataset,
+        "preset": args.preset,
+        "overrides": overrides,
+        "experiment": dataclasses.asdict(exp),
+    }
     storage_root = storage.normalize_uri(args.storage)
     settings = {
         "storage": storage_root,

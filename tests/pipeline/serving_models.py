@@ -13,10 +13,10 @@ import os
 
 import torch
 
+from pipeline.config import ExperimentConfig
 from pipeline.presets import smoke
 from pipeline.serving import log_pyfunc_model
 from pipeline.tracking import experiment_name, flatten_config
-from pipeline.train import ExperimentConfig
 from stpa_model import STPANet
 
 HEAD_SCALE = 30.0

@@ -6,14 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.optim import (
-    OptimConfig,
-    build_optimizer,
-    build_scheduler,
-    freeze_batchnorm,
-    lr_factor,
-    scaled_lr,
-)
+from pipeline.config import OptimConfig
+from pipeline.optim import build_optimizer, build_scheduler, freeze_batchnorm, lr_factor, scaled_lr
 
 
 def small_net() -> nn.Module:

@@ -6,15 +6,15 @@ import math
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import _RankZeroRun
+from pipeline.tracking import RankZeroRun
 
 
-def _run(tmp_path) -> tuple[MlflowClient, _RankZeroRun]:
+def _run(tmp_path) -> tuple[MlflowClient, RankZeroRun]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment_id).info.run_id
-    return client, _RankZeroRun(uri, run_id)
+    return client, RankZeroRun(uri, run_id)
 
 
 def test_an_epoch_report_is_logged_once_at_its_epoch(tmp_path):

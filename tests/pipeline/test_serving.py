@@ -20,16 +20,11 @@ import torch
 
 from pipeline import schema
 from pipeline.clips import decode_clip_batch, decode_views
+from pipeline.config import experiment_from_dict
 from pipeline.evaluate import compute_metrics, predict_batches
 from pipeline.prepare import prepare_manifest, read_manifest
 from pipeline.presets import preset, smoke
-from pipeline.serving import (
-    ERROR_COLUMN,
-    VIDEO_COLUMN,
-    STPAVideoClassifier,
-    VideoPredictionError,
-    experiment_from_dict,
-)
+from pipeline.serving import ERROR_COLUMN, VIDEO_COLUMN, STPAVideoClassifier, VideoPredictionError
 from pipeline.synth import synthesize
 from pipeline.tracking import process_uris
 from pipeline.video import probe_video

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.presets import PRESETS, apply_overrides, preset, smoke
+from pipeline.config import apply_overrides
+from pipeline.presets import PRESETS, preset, smoke
 from pipeline.sweep import (
     AXES,
     DEFAULT_AXES,

@@ -15,8 +15,9 @@ import time
 import numpy as np
 import pytest
 
+from pipeline.config import apply_overrides
 from pipeline.prepare import prepare_manifest, read_manifest
-from pipeline.presets import apply_overrides, smoke
+from pipeline.presets import smoke
 from pipeline.synth import synthesize
 from pipeline.tracking import process_uris
 from pipeline.train import fit, steps_per_epoch
