@@ -6,7 +6,7 @@ cycles over fewer files for larger sizes, whose encoding is slow), then each var
 process and reads 8 sparse frames from every video. The parent imports nothing heavy and generates in a child too:
 Linux carries ``ru_maxrss`` over fork and exec, so a heavy parent would set every child's peak.
 
-    read_frames   the project's code path: ``pipeline.video.read_frames(path, indices, decode_method="decord")``,
+    read_frames   the project's code path: ``pipeline.video.decode.read_frames(path, indices, decode_method="decord")``,
                   bytes through fsspec, a fresh decord reader per read, dropped before returning
     held_readers  the "before": plain decord readers on the same files, the last ``--num-held`` of them kept
                   alive (what an open-decoder cache, or the first version of ``VideoDecoder`` that kept its
@@ -58,7 +58,7 @@ def sparse_indices(num_frames: int) -> list[int]:
 
 def generate(folder: Path, num_videos: int, width: int, height: int, num_frames: int) -> list[str]:
     """Write ``num_videos`` different H.264 MP4s (GOP 16) and return their paths."""
-    from pipeline.video_encode import index_frames, write_video
+    from pipeline.video.encode import index_frames, write_video
 
     paths = []
     for i in range(num_videos):
@@ -80,7 +80,7 @@ def run_variant(
     """
     import decord
 
-    from pipeline.video import read_frames
+    from pipeline.video.decode import read_frames
 
     indices = sparse_indices(num_frames)
     held: list[decord.VideoReader] = []

@@ -2,9 +2,9 @@
 
     python benchmarks/ingest.py [--num-videos 48] [--num-frames 150] [--repeat 4] [--rounds 3] [--rss-videos 2000]
 
-Dataset: UCF101-like videos written by ``pipeline.synth.synthesize("ucf101", ...)``: 320x240, 25 fps, MPEG-4
+Dataset: UCF101-like videos written by ``pipeline.data.synth.synthesize("ucf101", ...)``: 320x240, 25 fps, MPEG-4
 Part 2 (xvid-style) in AVI, the generator's codec for the UCF101 layout (the real UCF101 is xvid AVI), encoder
-default GOP (12); the manifest comes from ``pipeline.prepare.prepare_manifest`` (train and test splits together).
+default GOP (12); the manifest comes from ``pipeline.data.prepare.prepare_manifest`` (train and test splits together).
 The dataset is cached under ``--data-dir`` and reused by later runs with the same parameters.
 
 Each pass (an "epoch") decodes every video ``--repeat`` times (the manifest rows repeated under distinct ids), so
@@ -16,7 +16,7 @@ Clips: TSN test sampling, K=8 segments x T=1 frame, shorter side resized to 256,
 
 Measured in one process, alternating, ``--rounds`` rounds after one untimed warm-up pass of each path:
     (a) baseline: a plain loop in this process (one CPU, torch and decord single-threaded): the same
-        ``pipeline.sampling`` and ``pipeline.transforms`` functions and ``decord.VideoReader.get_batch`` directly on
+        ``pipeline.video.sampling`` and ``pipeline.video.transforms`` functions and ``decord.VideoReader.get_batch`` directly on
         the files;
     (b) pipeline: ``build_clip_dataset`` + ``iter_batches`` on a local Ray with all CPUs, timed from building the
         dataset to the last row (the decode workers are warm, as on a long-running cluster);
@@ -46,8 +46,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import sampling, schema, storage, transforms  # noqa: E402
-from pipeline.clips import ClipConfig  # noqa: E402
+from pipeline import schema, storage
+from pipeline.clips.dataset import ClipConfig
+from pipeline.video import sampling, transforms
 
 CONFIG = ClipConfig(num_segments=8, frames_per_segment=1, train=False, short_side=256, crop_size=224)
 
@@ -57,8 +58,9 @@ def prepare_data(data_dir: str, num_videos: int, num_frames: int) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.prepare import prepare_manifest, read_manifest
-    from pipeline.synth import synthesize
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.prepare import prepare_manifest
+    from pipeline.data.synth import synthesize
 
     manifest_uri = storage.join(data_dir, "all.parquet")
     if storage.exists(manifest_uri):
@@ -147,7 +149,7 @@ def consume(dataset) -> int:
 
 def rss_probe(rows: list[dict], num_videos: int) -> dict:
     """Ray task body: decode ``num_videos`` clips in a row through the pipeline's decode path; RSS samples."""
-    from pipeline.clips import decode_views
+    from pipeline.clips.dataset import decode_views
 
     def rss_mb() -> float:
         with open("/proc/self/status") as f:
@@ -200,8 +202,8 @@ def main() -> None:
         f"{args.repeat}x per pass ({len(rows)} clips); decode methods {methods}"
     )
 
-    from pipeline.cache import cached_clip_dataset
-    from pipeline.clips import build_clip_dataset
+    from pipeline.clips.cache import cached_clip_dataset
+    from pipeline.clips.dataset import build_clip_dataset
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()

@@ -4,7 +4,7 @@ moving decoded clips between nodes.
     python benchmarks/scale.py [--cpus 2] [--cycles 3] [--passes 3] [--repeat 2] [--data-dir DIR]
 
 Dataset: the UCF101-like videos of ``benchmarks/ingest.py`` (``prepare_data``: 320x240, 25 fps, MPEG-4 Part 2
-AVI written by ``pipeline.synth``, manifest from ``pipeline.prepare.prepare_manifest``), cached in ``--data-dir``
+AVI written by ``pipeline.data.synth``, manifest from ``pipeline.data.prepare.prepare_manifest``), cached in ``--data-dir``
 (by default the same folder as ``ingest.py``'s, so either benchmark reuses the other's videos). Each pass decodes
 every video ``--repeat`` times. Clips: TSN test sampling K=8 x T=1, shorter side 256, centre crop 224 (uint8
 (8, 1, 224, 224, 3), 1.2 MB per clip) unless ``--short-side``/``--crop-size`` say otherwise.
@@ -15,7 +15,7 @@ auth), started one after the other, never both at once:
     2 nodes: the head and one worker node with ``--cpus / 2`` CPUs each.
 Per ``--cycles`` cycle both are measured, the order flipped every other cycle (1-2, 2-1, ...) so a drift in the
 machine's load does not favour one. A driver subprocess (``cluster.env()``: a client of the cluster, never
-``ray.init`` in this process) builds the clip dataset with ``pipeline.clips.build_clip_dataset`` and iterates it
+``ray.init`` in this process) builds the clip dataset with ``pipeline.clips.dataset.build_clip_dataset`` and iterates it
 as ``ingest.py`` does: one untimed warm-up pass (worker start-up), then ``--passes`` timed passes (median
 reported). It also counts the CPU seconds of every process of the cluster (the raylets' processes, found by
 ``local.sh``'s ``STPA_LOCAL_CLUSTER`` marker, plus the driver) per clip: on a shared machine that is the figure
@@ -52,7 +52,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from pipeline.clips import MAX_AUTO_BATCH, ClipConfig  # noqa: E402
+from pipeline.clips.dataset import MAX_AUTO_BATCH, ClipConfig  # noqa: E402
 
 DRIVER_MARK = "SCALE_DRIVER "  # prefix of the driver's result line on stdout
 DECODE_TASK = (
@@ -133,7 +133,7 @@ def run_driver(spec: dict) -> dict:
     from ray.util.state import list_nodes
 
     from benchmarks.ingest import consume, repeat_rows
-    from pipeline.clips import build_clip_dataset
+    from pipeline.clips.dataset import build_clip_dataset
 
     config = ClipConfig(**spec["config"])
     ray.init(logging_level="warning", log_to_driver=False)

@@ -1,7 +1,7 @@
 """Training throughput: the Ray Train loop (streaming from Ray Data) against a plain PyTorch loop, same run.
 
 Both train the same model config on the same clips: a generated UCF101-layout dataset is decoded once into the
-decode-once cache (``pipeline.cache``); the Ray side trains with ``pipeline.train.fit(..., clip_cache=...)``
+decode-once cache (``pipeline.clips.cache``); the Ray side trains with ``pipeline.training.fit.fit(..., clip_cache=...)``
 (Ray Data streaming from the cache, ``iter_torch_batches``, DDP wrapper, per-epoch checkpoints), the plain side
 loads the very same cached batches into memory and runs forward / loss / backward / clip / step in a loop.
 Steps/s of the Ray loop is its own in-epoch measurement (``train_clips_per_s``, epochs after the first, which
@@ -79,8 +79,8 @@ def experiment(args, num_classes: int, num_workers: int):
 def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
     """The baseline: the same model, loss and optimiser on in-memory batches, no Ray, no DDP."""
     from pipeline import schema
-    from pipeline.evaluate import frames_to_model_input
-    from pipeline.optim import build_optimizer, scaled_lr
+    from pipeline.training.optim import build_optimizer, scaled_lr
+    from pipeline.video.transforms import frames_to_model_input
     from stpa_model import STPANet, total_loss
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir
     """In-loop steps/s of rank 0 (MLflow's ``train_clips_per_s`` history), epochs after the first."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.train import fit
+    from pipeline.training.fit import fit
 
     uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"
     name = f"bench-{exp.train.num_workers}w-{time.time_ns()}"
@@ -140,9 +140,9 @@ def main() -> None:
     args = parse_args()
     import ray
 
-    from pipeline.cache import cached_clip_dataset
-    from pipeline.prepare import prepare_manifest
-    from pipeline.synth import synthesize
+    from pipeline.clips.cache import cached_clip_dataset
+    from pipeline.data.prepare import prepare_manifest
+    from pipeline.data.synth import synthesize
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="stpa-bench-train-")
     data = os.path.join(workdir, "data")

@@ -15,7 +15,7 @@ LAYOUTS = ("ucf101", "hmdb51", "charades")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from pipeline.prepare import dataset_root_paths, prepare_manifest
+    from pipeline.data.prepare import dataset_root_paths, prepare_manifest
 
     videos, annotations = args.videos, args.annotations
     if args.data_root:
@@ -34,7 +34,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth import synthesize
+    from pipeline.data.synth import synthesize
 
     summary = synthesize(
         args.layout,
@@ -54,7 +54,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect_video
+    from pipeline.clips.preview import inspect_video
 
     info = inspect_video(
         args.video,
@@ -69,7 +69,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking.runs import tracking_uri
 
     return args.tracking_uri or tracking_uri()
 
@@ -81,7 +81,7 @@ def _fmt(value: float | None) -> str:
 def _cmd_models_list(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from pipeline.registry import list_models
+    from pipeline.tracking.registry import list_models
 
     uri = _tracking_uri(args)
     models = list_models(uri)
@@ -99,7 +99,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    from pipeline.registry import ModelNotFoundError, describe
+    from pipeline.tracking.registry import ModelNotFoundError, describe
 
     uri = _tracking_uri(args)
     try:
@@ -146,8 +146,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from pipeline.registry import CHAMPION, not_found_message, registered_model_name
-    from pipeline.serving import ERROR_COLUMN, VIDEO_COLUMN
+    from pipeline.tracking.registry import CHAMPION, not_found_message, registered_model_name
+    from pipeline.tracking.serving import ERROR_COLUMN, VIDEO_COLUMN
 
     uri = _tracking_uri(args)
     name = registered_model_name(args.dataset)
@@ -176,7 +176,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"stpa predict: {name} has no {alias!r} alias (see stpa models show {args.dataset}; or give "
                 "--version N)"
             ) from None
-    from pipeline.tracking import process_uris
+    from pipeline.tracking.runs import process_uris
 
     with process_uris(uri):
         model = mlflow.pyfunc.load_model(model_uri)
@@ -210,13 +210,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stpa",
-        description="Video action classification with Interaction-aware Spatio-temporal Pyramid Attention.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    """``stpa prepare``."""
     p = sub.add_parser(
         "prepare",
         help="official annotation files -> Parquet manifests (train.parquet, test.parquet, report.json)",
@@ -234,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="probe parallelism (default: automatic)")
     p.set_defaults(handler=_cmd_prepare)
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    """``stpa synth``."""
     p = sub.add_parser(
         "synth",
         help="generate a small dataset in an official layout",
@@ -254,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     p.set_defaults(handler=_cmd_synth)
 
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    """``stpa inspect``."""
     p = sub.add_parser(
         "inspect",
         help="decode one clip the way the model sees it",
@@ -270,12 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-sheet", default=None, help="where to save a PNG contact sheet")
     p.set_defaults(handler=_cmd_inspect)
 
+
+def _tracking_parent() -> argparse.ArgumentParser:
+    """The ``--tracking-uri`` option shared by the commands that read MLflow."""
     tracking = argparse.ArgumentParser(add_help=False)
     tracking.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
     )
+    return tracking
+
+
+def _add_models(sub: argparse._SubParsersAction, tracking: argparse.ArgumentParser) -> None:
+    """``stpa models list | show``."""
     p = sub.add_parser(
         "models",
         help="the registered models: stpa models list | show DATASET",
@@ -293,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=_cmd_models_show)
 
+
+def _add_predict(sub: argparse._SubParsersAction, tracking: argparse.ArgumentParser) -> None:
+    """``stpa predict``."""
     p = sub.add_parser(
         "predict",
         parents=[tracking],
@@ -308,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--version", type=int, default=None, help="model version number")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stpa",
+        description="Video action classification with Interaction-aware Spatio-temporal Pyramid Attention.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_synth(sub)
+    _add_inspect(sub)
+    tracking = _tracking_parent()
+    _add_models(sub, tracking)
+    _add_predict(sub, tracking)
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.clips import ClipConfig
+from pipeline.clips.dataset import ClipConfig
 from stpa_model import ModelConfig
 
 # The metric that chooses epochs, trials and champions, per dataset (the peers' convention).
@@ -75,7 +75,7 @@ class TrainConfig:
     pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
     num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
     # Final multi-view test of the best weights inside training. Workflows turn it off and run their own
-    # evaluate step (Ray Data batch inference: pipeline.evaluate.evaluate_weights) instead.
+    # evaluate step (Ray Data batch inference: pipeline.evaluation.evaluate.evaluate_weights) instead.
     final_test: bool = True
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.clips import ClipConfig
+from pipeline.clips.dataset import ClipConfig
 from pipeline.config import ExperimentConfig, OptimConfig, TrainConfig
 from stpa_model import model_config
 

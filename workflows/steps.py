@@ -34,7 +34,7 @@ def experiment_of(config: dict, num_classes: int, extra_overrides: dict | None =
 
 def make_data(ctx: StepContext) -> dict:
     """A small dataset in the dataset's official layout (when no ``--data-root`` is given)."""
-    from pipeline.synth import synthesize
+    from pipeline.data.synth import synthesize
 
     cfg = ctx.config
     root = storage.join(ctx.out_dir, "dataset")
@@ -54,7 +54,8 @@ def make_data(ctx: StepContext) -> dict:
 
 def prepare(ctx: StepContext, data: dict | None = None) -> dict:
     """Manifests (Parquet) of the official split, with every video probed; the report lists unreadable ones."""
-    from pipeline.prepare import dataset_root_paths, prepare_manifest, read_manifest
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.prepare import dataset_root_paths, prepare_manifest
 
     cfg = ctx.config
     data_root = cfg.get("data_root") or data["data_root"]
@@ -84,7 +85,7 @@ def _sha256(uri: str) -> str:
 
 def cache(ctx: StepContext, prepare: dict) -> dict:
     """Decode the training clips once into a Parquet cache (``--clip-cache``): later epochs read, not decode."""
-    from pipeline.cache import cached_clip_dataset
+    from pipeline.clips.cache import cached_clip_dataset
 
     exp = experiment_of(ctx.config, prepare["num_classes"])
     root = storage.join(ctx.out_dir, "clips")
@@ -96,7 +97,7 @@ def cache(ctx: StepContext, prepare: dict) -> dict:
 
 def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
     """Ray Tune over the sweep axes; each trial a TorchTrainer run, nested in the sweep's MLflow run."""
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep.run import run_sweep
 
     cfg = ctx.config
     exp = experiment_of(cfg, prepare["num_classes"], {"train.epochs": cfg["trial_epochs"]})
@@ -124,7 +125,7 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
 
 def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dict | None = None) -> dict:
     """Ray Train (DDP) on the training manifest; resumes from its last checkpoint when the step is re-run."""
-    from pipeline.train import fit
+    from pipeline.training.fit import fit
 
     cfg = ctx.config
     best = (sweep or {}).get("best_overrides", {})
@@ -168,9 +169,9 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
     """Multi-view test of the best weights with Ray Data batch inference; metrics and plots go to the run."""
     import torch
 
-    from pipeline.clips import DecodeReport
-    from pipeline.evaluate import evaluate_weights
-    from pipeline.train import BEST_MODEL_FILE
+    from pipeline.clips.ledger import DecodeReport
+    from pipeline.evaluation.evaluate import evaluate_weights
+    from pipeline.training.checkpoint import BEST_MODEL_FILE
 
     exp = experiment_from_dict(train["experiment"])
     weights_uri = storage.join(train["checkpoint_uri"], BEST_MODEL_FILE)
@@ -192,9 +193,9 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
     )
     uri, run_id = ctx.settings["tracking_uri"], train["mlflow_run_id"]
     if uri and run_id:
-        from pipeline.artifacts import log_evaluation_artifacts
-        from pipeline.prepare import read_manifest
-        from pipeline.tracking import RankZeroRun
+        from pipeline.data.manifest import read_manifest
+        from pipeline.tracking.artifacts import log_evaluation_artifacts
+        from pipeline.tracking.runs import RankZeroRun
         from stpa_model import STPANet
 
         run = RankZeroRun(uri, run_id)
@@ -209,7 +210,7 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
 
 def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> dict:
     """Register the run's model as ``stpa-<dataset>``; the ``champion`` alias moves only to a better model."""
-    from pipeline.registry import register as register_model
+    from pipeline.tracking.registry import register as register_model
 
     uri = ctx.settings["tracking_uri"]
     if not uri or not train["mlflow_run_id"]:

@@ -111,7 +111,7 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
     """The DAG's final step(s), the workflow id, the run root, and the run's TrainConfig (for sizing Ray)."""
     from pipeline.config import apply_overrides
     from pipeline.presets import NUM_CLASSES, preset
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking.runs import tracking_uri
     from pipeline.workflow import Step, config_id
     from workflows import steps
 

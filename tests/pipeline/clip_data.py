@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.video_encode import index_frames, write_video
+from pipeline.video.encode import index_frames, write_video
 
 WIDTH, HEIGHT = 64, 48
 
@@ -77,7 +77,7 @@ def write_manifest(path: str, table: pa.Table) -> str:
 
 def frame_indices_of(clip: np.ndarray) -> np.ndarray:
     """The index code of every frame of a (..., H, W, 3) clip at the decoded size."""
-    from pipeline.video_encode import frame_index_of
+    from pipeline.video.encode import frame_index_of
 
     flat = clip.reshape(-1, *clip.shape[-3:])
     return np.array([frame_index_of(f) for f in flat]).reshape(clip.shape[:-3])

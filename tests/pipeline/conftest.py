@@ -1,6 +1,6 @@
 """Shared fixtures for pipeline tests: small real video files written with PyAV, and the shared test material.
 
-Videos come from ``pipeline.video_encode``: ``index_frames`` draws each frame's own index into it, so a test can
+Videos come from ``pipeline.video.encode``: ``index_frames`` draws each frame's own index into it, so a test can
 check exactly which frame a decoder returned with ``frame_index_of``. Usage::
 
     def test_x(write_indexed_video):
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.video_encode import encode_video, index_frames
+from pipeline.video.encode import encode_video, index_frames
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHARED_VIDEOS = SHARED_DATA / "videos"

@@ -3,7 +3,7 @@
 ``smoke_model`` saves the state dict of an untrained debug STPANet (smoke preset) whose classifier weights are
 scaled up, so its probabilities depend clearly on the input (an untrained head is nearly uniform): a test that
 compares scores then notices a wrong frame or view. ``logged_model_run`` creates an MLflow run with the run
-params ``fit`` logs, the given metrics, and the ``pipeline.serving`` pyfunc as its ``model``.
+params ``fit`` logs, the given metrics, and the ``pipeline.tracking.serving`` pyfunc as its ``model``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from pipeline.config import ExperimentConfig
 from pipeline.presets import smoke
-from pipeline.serving import log_pyfunc_model
-from pipeline.tracking import experiment_name, flatten_config
+from pipeline.tracking.runs import experiment_name, flatten_config
+from pipeline.tracking.serving import log_pyfunc_model
 from stpa_model import STPANet
 
 HEAD_SCALE = 30.0

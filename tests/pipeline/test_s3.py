@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema, storage, synth
-from pipeline.prepare import dataset_root_paths, prepare_manifest, read_manifest
+from pipeline import schema, storage
+from pipeline.data import synth
+from pipeline.data.manifest import read_manifest
+from pipeline.data.prepare import dataset_root_paths, prepare_manifest
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -64,7 +66,7 @@ def test_prepare_on_s3_end_to_end(s3_endpoint: str, tmp_path: Path) -> None:
     truth = {v.video_id: v.label for v in summary.videos}
     assert all(truth[r[schema.VIDEO_ID]] == r[schema.LABEL] for r in table.to_pylist())
 
-    video_module = pytest.importorskip("pipeline.video")
+    video_module = pytest.importorskip("pipeline.video.decode")
     row = table.slice(0, 1).to_pylist()[0]
     frames = video_module.read_frames(
         row[schema.VIDEO_URI], [0, row[schema.NUM_FRAMES] - 1], decode_method=row[schema.DECODE_METHOD]

@@ -1,0 +1,361 @@
+"""Official annotation files -> Parquet manifests, one per split, plus a report of what was left out and why.
+
+``prepare_manifest`` parses a dataset's annotation files (``pipeline.data.datasets``), checks that every listed video
+exists (one recursive listing of the videos folder, not one request per file), probes each video with
+``pipeline.video.decode.probe_video`` (frame count by a sequential decode, fps, size, and the decode method that returns
+the right frames), and writes through fsspec:
+
+    <out>/train.parquet, <out>/test.parquet   columns and schema metadata of ``pipeline.schema.manifest_schema``
+    <out>/report.json                          counts per split, missing and unreadable videos with reasons,
+                                               decode-method counts (``PrepareReport.to_dict``)
+
+Missing and unreadable videos are left out of the manifests and listed in the report, never dropped silently.
+
+Probing runs in parallel: a local thread pool for fewer than ``RAY_MIN_VIDEOS`` videos, Ray tasks above (joining
+the cluster of ``RAY_ADDRESS`` or an already initialised Ray, else starting a local one and shutting it down).
+
+Object stores: every path is an fsspec URI. For ``s3://`` (s3fs) the endpoint and credentials come from the
+standard environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` and, for an
+S3-compatible server other than AWS (MinIO, Ceph, moto), ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), which
+botocore reads when s3fs creates its client. ``FSSPEC_S3_ENDPOINT_URL`` works too but is read when fsspec is
+imported. Ray workers inherit the environment of the process that starts the local Ray; on a remote cluster pass
+these variables in the job's ``runtime_env={"env_vars": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema, storage
+from pipeline.data.datasets import charades, folder, hmdb51, ucf101
+from pipeline.data.datasets.records import DatasetIndex, VideoRecord
+from pipeline.video.decode import VideoDecodeError, probe_video
+
+DATASETS = ("ucf101", "hmdb51", "charades", "folder")
+RAY_MIN_VIDEOS = 64  # below this many videos a local thread pool beats Ray's start-up (5-10 s)
+REPORT_FILE = "report.json"
+_SEGMENT_FIELDS = tuple(schema.SEGMENT_TYPE.field(i).name for i in range(schema.SEGMENT_TYPE.num_fields))
+_CHUNKS_PER_WORKER = 4  # Ray tasks per CPU: small enough to balance uneven videos, large enough to amortise
+
+
+@dataclass(frozen=True)
+class VideoProblem:
+    """A listed video left out of the manifest: missing, or not decodable."""
+
+    video_id: str
+    split: str
+    uri: str
+    reason: str
+    listed_at: str  # "<annotation file>:<line>"
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare_manifest`` wrote and what it left out.
+
+    Attributes:
+        dataset: Dataset name.
+        split: Official split number, or None (Charades).
+        videos_uri, annotations_uri: The inputs.
+        class_names: In label order.
+        manifest_uris: Split -> Parquet URI written.
+        report_uri: The JSON copy of this report.
+        num_listed: Split -> videos the annotations list for it.
+        num_written: Split -> rows written (listed minus missing minus unreadable).
+        num_unused: Videos the annotations list but the split does not use (HMDB51 flag 0).
+        missing: Listed videos not found under ``videos_uri``.
+        unreadable: Videos found but not decodable, with the decoder's reason.
+        decode_methods: Decode method -> number of videos written with it.
+        decode_notes: Video id -> why it is not decoded with plain decord (``VideoProbe.note``).
+        probe_backend: ``"threads"`` or ``"ray"``.
+        num_workers: Probe parallelism used.
+        seconds: Wall time of the whole preparation.
+    """
+
+    dataset: str
+    split: int | None
+    videos_uri: str
+    annotations_uri: str
+    class_names: list[str]
+    manifest_uris: dict[str, str]
+    report_uri: str
+    num_listed: dict[str, int]
+    num_written: dict[str, int]
+    num_unused: int
+    missing: list[VideoProblem] = field(default_factory=list)
+    unreadable: list[VideoProblem] = field(default_factory=list)
+    decode_methods: dict[str, int] = field(default_factory=dict)
+    decode_notes: dict[str, str] = field(default_factory=dict)
+    probe_backend: str = "threads"
+    num_workers: int = 1
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A few human-readable lines: counts per split, what was left out, where the files are."""
+        lines = [
+            f"{self.dataset} split {self.split or '-'}: {len(self.class_names)} classes, {self.seconds:.1f} s"
+        ]
+        for split in schema.SPLITS:
+            lines.append(
+                f"  {split}: {self.num_written[split]} of {self.num_listed[split]} listed videos -> "
+                f"{self.manifest_uris[split]}"
+            )
+        if self.num_unused:
+            lines.append(f"  unused by this split: {self.num_unused}")
+        for title, problems in (("missing", self.missing), ("unreadable", self.unreadable)):
+            if problems:
+                shown = "; ".join(f"{p.video_id} ({p.reason})" for p in problems[:5])
+                more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+                lines.append(f"  {title}: {len(problems)}: {shown}{more}")
+        lines.append(f"  decode methods: {self.decode_methods}")
+        lines.append(f"  report: {self.report_uri}")
+        return "\n".join(lines)
+
+
+def dataset_root_paths(dataset: str, data_root: str) -> tuple[str, str]:
+    """(videos URI, annotations URI) of a dataset root laid out as the official downloads extract.
+
+    UCF101: ``UCF-101/`` + ``ucfTrainTestlist/``; HMDB51: ``hmdb51_org/`` + ``testTrainMulti_7030_splits/``;
+    Charades: ``Charades_v1_480/`` (else ``Charades_v1/``) + the root itself (CSVs and classes file);
+    folder: the root itself + ``""`` (hash split).
+
+    Raises:
+        ValueError: Unknown dataset.
+        FileNotFoundError: A Charades root with neither video folder.
+    """
+    if dataset == "ucf101":
+        return storage.join(data_root, "UCF-101"), storage.join(data_root, "ucfTrainTestlist")
+    if dataset == "hmdb51":
+        return storage.join(data_root, "hmdb51_org"), storage.join(data_root, "testTrainMulti_7030_splits")
+    if dataset == "charades":
+        for name in ("Charades_v1_480", "Charades_v1"):
+            if storage.exists(storage.join(data_root, name)):
+                return storage.join(data_root, name), storage.normalize_uri(data_root)
+        raise FileNotFoundError(f"{data_root}: neither Charades_v1_480/ nor Charades_v1/ exists")
+    if dataset == "folder":
+        return storage.normalize_uri(data_root), ""
+    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+def load_index(dataset: str, videos: str, annotations: str, split: int = 1) -> DatasetIndex:
+    """Parse a dataset's annotations (``pipeline.data.datasets``) into records of one official split."""
+    if dataset == "ucf101":
+        return ucf101.load(annotations, split)
+    if dataset == "hmdb51":
+        return hmdb51.load(annotations, split)
+    if dataset == "charades":
+        return charades.load(annotations)
+    if dataset == "folder":
+        return folder.load(videos, annotations, split)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+def prepare_manifest(
+    dataset: str,
+    videos: str,
+    annotations: str,
+    out: str,
+    *,
+    split: int = 1,
+    num_workers: int | None = None,
+    use_ray: bool | None = None,
+) -> PrepareReport:
+    """Parse, check and probe a dataset; write ``<out>/train.parquet``, ``<out>/test.parquet``, ``<out>/report.json``.
+
+    Args:
+        dataset: ``ucf101``, ``hmdb51``, ``charades`` or ``folder``.
+        videos: The videos folder (``UCF-101/``, ``hmdb51_org/``, ``Charades_v1_480/`` or ``<root>`` of
+            ``<root>/<class>/<video>``); any fsspec URI.
+        annotations: The annotations folder (``ucfTrainTestlist/``, ``testTrainMulti_7030_splits/``, the Charades
+            root); for ``folder``, ``""`` (hash split) or a folder of UCF101-format split lists.
+        out: Output folder URI.
+        split: Official split (UCF101, HMDB51 and folder lists: 1-3; ignored for Charades).
+        num_workers: Probe parallelism (threads, or the CPUs of a Ray cluster this call starts); default: the
+            machine's CPUs (at most 8 threads).
+        use_ray: Probe with Ray tasks (True), a local thread pool (False), or decide by size (None: Ray from
+            ``RAY_MIN_VIDEOS`` videos on).
+
+    Returns:
+        The report (also written as ``<out>/report.json``).
+
+    Raises:
+        FileNotFoundError: The videos folder or an annotation file does not exist.
+        pipeline.data.datasets.AnnotationError: An annotation file breaks its format (the message names file and line).
+        ValueError: No video of a split could be used (the report is written first).
+    """
+    started = time.perf_counter()
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    videos = storage.normalize_uri(videos)
+    annotations = storage.normalize_uri(annotations) if annotations else ""
+    out = storage.normalize_uri(out)
+    if not storage.exists(videos):
+        raise FileNotFoundError(f"videos folder not found: {videos}")
+    index = load_index(dataset, videos, annotations, split)
+    present = _files_under(videos)
+    missing: list[VideoProblem] = []
+    found: list[tuple[VideoRecord, str]] = []
+    for record in index.records:
+        uri = storage.join(videos, *record.path.split("/"))
+        if record.path in present:
+            found.append((record, uri))
+        else:
+            missing.append(_problem(record, uri, "file not found"))
+    if use_ray is None:
+        use_ray = len(found) >= RAY_MIN_VIDEOS
+    parallelism = num_workers or min(8, os.cpu_count() or 1)
+    probe_all = _probe_with_ray if use_ray else _probe_with_threads
+    results = probe_all([uri for _, uri in found], parallelism)
+
+    unreadable: list[VideoProblem] = []
+    rows: dict[str, list[tuple[VideoRecord, str, object]]] = {name: [] for name in schema.SPLITS}
+    for (record, uri), (probe, reason) in zip(found, results, strict=True):
+        if probe is None:
+            unreadable.append(_problem(record, uri, reason))
+        else:
+            rows[record.split].append((record, uri, probe))
+
+    table_schema = schema.manifest_schema(dataset, list(index.class_names), index.multi_label, index.split)
+    manifest_uris = {name: storage.join(out, f"{name}.parquet") for name in schema.SPLITS}
+    for name in schema.SPLITS:
+        _write_parquet(manifest_uris[name], _table(rows[name], table_schema, index.multi_label))
+    written = [probe for split_rows in rows.values() for _, _, probe in split_rows]
+    report = PrepareReport(
+        dataset=dataset,
+        split=index.split,
+        videos_uri=videos,
+        annotations_uri=annotations,
+        class_names=list(index.class_names),
+        manifest_uris=manifest_uris,
+        report_uri=storage.join(out, REPORT_FILE),
+        num_listed={name: len(index.of_split(name)) for name in schema.SPLITS},
+        num_written={name: len(rows[name]) for name in schema.SPLITS},
+        num_unused=index.num_unused,
+        missing=missing,
+        unreadable=unreadable,
+        decode_methods=dict(Counter(probe.decode_method for probe in written)),
+        decode_notes={
+            record.video_id: probe.note
+            for split_rows in rows.values()
+            for record, _, probe in split_rows
+            if probe.note
+        },
+        probe_backend="ray" if use_ray else "threads",
+        num_workers=parallelism,
+    )
+    report.seconds = time.perf_counter() - started
+    storage.write_text(report.report_uri, json.dumps(report.to_dict(), indent=2) + "\n")
+    empty = [name for name in schema.SPLITS if not rows[name]]
+    if empty:
+        raise ValueError(
+            f"no video of the {' and '.join(empty)} split could be used "
+            f"({len(missing)} missing, {len(unreadable)} unreadable under {videos}); see {report.report_uri}"
+        )
+    return report
+
+
+def _problem(record: VideoRecord, uri: str, reason: str) -> VideoProblem:
+    return VideoProblem(
+        record.video_id, record.split, uri, reason, f"{record.source_path}:{record.source_line}"
+    )
+
+
+def _files_under(videos: str) -> set[str]:
+    """Paths (relative, ``/``-separated) of every file below ``videos``, from one recursive listing."""
+    fs, root = storage.filesystem(videos)
+    root = root.rstrip("/")
+    return {posixpath.relpath(path, root) for path in fs.find(root)}
+
+
+ProbeResult = tuple[object | None, str]  # (VideoProbe, "") or (None, reason)
+
+
+def _probe_one(uri: str) -> ProbeResult:
+    """Probe one video; a file that cannot be read or decoded gives ``(None, reason)``."""
+
+    try:
+        return probe_video(uri), ""
+    except VideoDecodeError as error:
+        return None, error.reason
+    except OSError as error:  # the store failed to serve the bytes (permissions, network)
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _probe_chunk(uris: list[str]) -> list[ProbeResult]:
+    return [_probe_one(uri) for uri in uris]
+
+
+def _probe_with_threads(uris: list[str], num_workers: int) -> list[ProbeResult]:
+    if not uris:
+        return []
+    with ThreadPoolExecutor(max_workers=min(num_workers, len(uris))) as pool:
+        return list(pool.map(_probe_one, uris))
+
+
+def _probe_with_ray(uris: list[str], num_workers: int) -> list[ProbeResult]:
+    """Probe with Ray tasks of a few videos each, in the order of ``uris``."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = "RAY_ADDRESS" not in os.environ
+        ray.init(num_cpus=num_workers if local else None, include_dashboard=False if local else None)
+    try:
+        num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        num_chunks = max(1, min(len(uris), num_cpus * _CHUNKS_PER_WORKER))
+        chunks = [uris[i::num_chunks] for i in range(num_chunks)]  # interleaved: spreads long videos
+        probe_chunk: Callable = ray.remote(num_cpus=1, max_retries=2)(_probe_chunk)
+        chunk_results = ray.get([probe_chunk.remote(chunk) for chunk in chunks])
+    finally:
+        if started_here:
+            ray.shutdown()
+    results: list[ProbeResult | None] = [None] * len(uris)
+    for i, chunk_result in enumerate(chunk_results):
+        results[i::num_chunks] = chunk_result
+    return results  # type: ignore[return-value]
+
+
+def _table(
+    rows: list[tuple[VideoRecord, str, object]], table_schema: pa.Schema, multi_label: bool
+) -> pa.Table:
+    """The manifest table of one split's rows (record, video URI, VideoProbe)."""
+    columns: dict[str, list] = {name: [] for name in table_schema.names}
+    for record, uri, probe in rows:
+        columns[schema.VIDEO_ID].append(record.video_id)
+        columns[schema.VIDEO_URI].append(uri)
+        columns[schema.SPLIT].append(record.split)
+        # Charades gives each video's length in its CSV; elsewhere the probe's frames / fps.
+        columns[schema.DURATION].append(record.duration if record.duration is not None else probe.duration)
+        columns[schema.NUM_FRAMES].append(probe.num_frames)
+        columns[schema.FPS].append(probe.fps)
+        columns[schema.WIDTH].append(probe.width)
+        columns[schema.HEIGHT].append(probe.height)
+        columns[schema.DECODE_METHOD].append(probe.decode_method)
+        if multi_label:
+            columns[schema.LABELS].append(list(record.labels))
+            columns[schema.SEGMENTS].append(
+                [dict(zip(_SEGMENT_FIELDS, (s.label, s.start, s.end), strict=True)) for s in record.segments]
+            )
+        else:
+            columns[schema.LABEL].append(record.label)
+    return pa.Table.from_pydict(columns, schema=table_schema)
+
+
+def _write_parquet(uri: str, table: pa.Table) -> None:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes(uri, buffer.getvalue().to_pybytes())

@@ -1,0 +1,258 @@
+"""Distributed evaluation: every test video scored exactly once, whatever the number of workers.
+
+Ray Train's dataset sharding (``streaming_split(equal=True)``) may drop rows to keep shards equal, which is right
+for training and wrong for testing. So evaluation shards the *manifest* itself, round-robin by row, each rank
+decodes and scores its own videos' views, and the per-row scores are gathered with ``all_gather_object``. Views
+are combined per video (``aggregate_views``) before any metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline import schema
+from pipeline.clips.dataset import ClipConfig, build_clip_dataset
+from pipeline.config import ExperimentConfig, autocast_dtype
+from pipeline.data.manifest import manifest_table
+from pipeline.evaluation.metrics import aggregate_views, charades_metrics, single_label_metrics
+from pipeline.storage import read_bytes
+from pipeline.video.transforms import frames_to_model_input
+from stpa_model import STPANet
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
+    """Row indices of one rank's evaluation shard: round-robin, disjoint, covering every row exactly once."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    return np.arange(rank, num_rows, world_size)
+
+
+def shard_table(table: pa.Table, rank: int, world_size: int) -> pa.Table:
+    return table.take(pa.array(shard_rows(table.num_rows, rank, world_size)))
+
+
+@dataclass
+class Predictions:
+    """Per-view scores of the rows one process evaluated (or of all rows after gathering)."""
+
+    video_ids: np.ndarray  # (N,) str
+    views: np.ndarray  # (N,) int32
+    scores: np.ndarray  # (N, C) float32: softmax probabilities (single-label) or sigmoids (multi-label)
+
+    @staticmethod
+    def concatenate(parts: list[Predictions]) -> Predictions:
+        parts = [p for p in parts if len(p.video_ids)]
+        if not parts:
+            return Predictions(np.array([], dtype=object), np.array([], dtype=np.int32), np.zeros((0, 0)))
+        return Predictions(
+            np.concatenate([p.video_ids for p in parts]),
+            np.concatenate([p.views for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+        )
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module, batches, multi_label: bool, device: torch.device, autocast_dtype: torch.dtype | None
+) -> Predictions:
+    """Score every row of an iterable of numpy clip batches (``schema`` columns) with ``model`` in eval mode."""
+    model.eval()
+    ids, views, scores = [], [], []
+    for batch in batches:
+        frames = np.require(batch[schema.FRAMES], requirements=["C", "W"])  # Ray's batches can be read-only
+        frames = torch.from_numpy(frames).to(device, non_blocking=True)
+        x = frames_to_model_input(frames)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            logits = model(x).logits.float()
+        prob = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+        scores.append(prob.cpu().numpy())  # host sync, once per batch
+        ids.append(np.asarray(batch[schema.VIDEO_ID]))
+        views.append(np.asarray(batch[schema.VIEW], dtype=np.int32))
+    if not ids:
+        return Predictions(np.array([], dtype=object), np.array([], dtype=np.int32), np.zeros((0, 0)))
+    return Predictions(np.concatenate(ids), np.concatenate(views), np.concatenate(scores))
+
+
+def gather_predictions(local: Predictions) -> Predictions:
+    """All ranks' predictions on every rank (a no-op outside torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[Predictions | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return Predictions.concatenate([p for p in parts if p is not None])
+
+
+def check_complete(predictions: Predictions, expected_ids: np.ndarray, views_per_video: int) -> None:
+    """Fail loudly if any expected video is missing (beyond decode failures) or a (video, view) row repeats."""
+    keys = list(zip(predictions.video_ids.tolist(), predictions.views.tolist(), strict=True))
+    if len(keys) != len(set(keys)):
+        raise RuntimeError("evaluation produced duplicate (video, view) rows: sharding is broken")
+    unexpected = set(predictions.video_ids.tolist()) - set(np.asarray(expected_ids).tolist())
+    if unexpected:
+        raise RuntimeError(f"evaluation scored videos outside the test manifest: {sorted(unexpected)[:5]}")
+    counts: dict[str, int] = {}
+    for vid in predictions.video_ids.tolist():
+        counts[vid] = counts.get(vid, 0) + 1
+    partial = [vid for vid, n in counts.items() if n != views_per_video]
+    if partial:
+        raise RuntimeError(f"videos with {views_per_video} views expected but not all scored: {partial[:5]}")
+
+
+def compute_metrics(
+    predictions: Predictions,
+    test_table: pa.Table,
+    num_classes: int,
+    multi_label: bool,
+    view_reduce: str,
+) -> tuple[dict[str, float], dict]:
+    """Dataset metrics from gathered per-view predictions.
+
+    Returns:
+        ``(scalars, details)``: scalar metrics for MLflow (``top1``, ``top5``, ``mean_class_accuracy`` or ``map``,
+        ``wap``; ``num_videos_scored``) and details for artifacts (confusion matrix or per-class AP, the
+        aggregated per-video scores).
+    """
+    video_ids, video_scores = aggregate_views(predictions.video_ids, predictions.scores, view_reduce)
+    gt_ids = np.asarray(test_table.column(schema.VIDEO_ID).to_pylist())
+    if multi_label:
+        gt = np.zeros((len(gt_ids), num_classes), dtype=bool)
+        for i, labels in enumerate(test_table.column(schema.LABELS).to_pylist()):
+            gt[i, labels] = True
+        m = charades_metrics(gt_ids, gt, video_ids, video_scores)
+        scalars = {
+            "map": m.map,
+            "wap": m.wap,
+            "num_videos_scored": float(len(video_ids)),
+            "num_videos_missing": float(m.num_unpredicted),
+        }
+        return scalars, {
+            "per_class_ap": m.per_class_ap,
+            "num_positives": m.num_positives,
+            "video_ids": video_ids,
+            "scores": video_scores,
+        }
+    label_of = dict(zip(gt_ids.tolist(), test_table.column(schema.LABEL).to_pylist(), strict=True))
+    labels = np.array([label_of[v] for v in video_ids.tolist()], dtype=np.int64)
+    # Videos that failed to decode have no prediction; they count as wrong, so accuracy is over the manifest.
+    num_missing = len(gt_ids) - len(video_ids)
+    m = single_label_metrics(video_scores, labels) if len(labels) else None
+    scale = len(video_ids) / len(gt_ids) if len(gt_ids) else 0.0
+    scalars = {
+        "top1": (m.top1 * scale) if m else 0.0,
+        "top5": (m.top5 * scale) if m else 0.0,
+        "mean_class_accuracy": m.mean_class_accuracy if m else 0.0,
+        "num_videos_scored": float(len(video_ids)),
+        "num_videos_missing": float(num_missing),
+    }
+    return scalars, {"confusion": m.confusion if m else None, "video_ids": video_ids, "scores": video_scores}
+
+
+class ClipScorer:
+    """A Ray Data actor that scores clip batches with one model: batch inference for offline evaluation.
+
+    Loads the weights once per actor (any fsspec URI, ``weights_only=True``), then maps each numpy clip batch to
+    its ``video_id``, ``view`` and class ``scores`` (softmax, or sigmoid for multi-label).
+    """
+
+    def __init__(self, model_config, weights_uri: str, precision: str = "fp32") -> None:
+        import io
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.multi_label = model_config.multi_label
+        model = STPANet(model_config)
+        state = torch.load(io.BytesIO(read_bytes(weights_uri)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        self.model = model.to(self.device).eval()
+        self.autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        p = predict_batches(self.model, [batch], self.multi_label, self.device, self.autocast)
+        return {schema.VIDEO_ID: p.video_ids, schema.VIEW: p.views, "scores": p.scores.astype(np.float32)}
+
+
+def evaluate_weights(
+    exp,
+    weights_uri: str,
+    test_manifest: str | pa.Table,
+    *,
+    num_scorers: int = 1,
+    use_gpu: bool = False,
+    batch_size: int | None = None,
+    report=None,
+) -> tuple[dict[str, float], dict, Predictions]:
+    """Multi-view evaluation of saved weights on a test manifest with Ray Data (no Ray Train, no DDP).
+
+    Decode tasks (``build_clip_dataset`` with ``exp.test_clips``) feed ``num_scorers`` ``ClipScorer`` actors (one
+    GPU each with ``use_gpu``), so evaluation scales with the cluster's CPUs and GPUs independently of training.
+    Views are combined with ``exp.train.view_reduce`` and scored as in training's final evaluation.
+
+    Returns:
+        ``(scalars, details, predictions)`` as ``compute_metrics`` returns them, plus the per-view predictions.
+    """
+
+    table = manifest_table(test_manifest)
+    clips = exp.test_clips
+    dataset = build_clip_dataset(table, clips, report=report)
+    scored = dataset.map_batches(
+        ClipScorer,
+        fn_constructor_kwargs={
+            "model_config": exp.model,
+            "weights_uri": weights_uri,
+            "precision": exp.train.precision,
+        },
+        batch_size=batch_size or exp.train.batch_size,
+        batch_format="numpy",
+        compute=_actor_pool(num_scorers),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
+    )
+    parts = [
+        Predictions(np.asarray(b[schema.VIDEO_ID]), np.asarray(b[schema.VIEW], dtype=np.int32), b["scores"])
+        for b in scored.iter_batches(batch_size=None, batch_format="numpy")
+    ]
+    predictions = Predictions.concatenate(parts)
+    check_complete(predictions, np.asarray(table.column(schema.VIDEO_ID).to_pylist()), clips.num_views)
+    scalars, details = compute_metrics(
+        predictions, table, exp.model.num_classes, exp.model.multi_label, exp.train.view_reduce
+    )
+    return scalars, details, predictions
+
+
+def _actor_pool(size: int):
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=max(1, size))
+
+
+def evaluate_distributed(
+    model: torch.nn.Module,
+    test_table: pa.Table,
+    clips: ClipConfig,
+    exp: ExperimentConfig,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> tuple[dict[str, float], dict]:
+    """Distributed evaluation on the test manifest: each rank scores its round-robin shard, all gather."""
+    num_classes = exp.model.num_classes
+    multi_label = exp.model.multi_label
+    local = shard_table(test_table, rank, world_size)
+    batches = (
+        build_clip_dataset(local, clips).iter_batches(batch_size=exp.train.batch_size, batch_format="numpy")
+        if local.num_rows
+        else []
+    )
+    predictions = gather_predictions(
+        predict_batches(model, batches, multi_label, device, autocast_dtype(exp.train.precision))
+    )
+    ids = np.asarray(test_table.column(schema.VIDEO_ID).to_pylist())
+    check_complete(predictions, ids, clips.num_views)
+    return compute_metrics(predictions, test_table, num_classes, multi_label, exp.train.view_reduce)

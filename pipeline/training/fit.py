@@ -1,0 +1,200 @@
+"""The training driver: ``fit`` builds the training dataset, resolves the MLflow run and runs a Ray Train
+``TorchTrainer`` whose workers run ``pipeline.training.loop.train_loop_per_worker``; a second call with the same run
+name resumes the run from its latest checkpoint."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from pipeline import storage
+from pipeline.clips.cache import cached_clip_dataset
+from pipeline.clips.dataset import build_clip_dataset
+from pipeline.clips.ledger import DecodeReport
+from pipeline.config import ExperimentConfig
+from pipeline.data.manifest import read_manifest
+from pipeline.storage import read_bytes
+from pipeline.tracking.artifacts import log_model
+from pipeline.tracking.runs import find_or_create_run, flatten_config
+from pipeline.tracking.runs import tracking_uri as default_tracking_uri
+from pipeline.training.checkpoint import BEST_MODEL_FILE
+from pipeline.training.loop import steps_per_epoch, train_loop_per_worker
+from pipeline.training.ray_hooks import MlflowEpochLogger
+
+
+@dataclass(frozen=True)
+class FitResult:
+    metrics: dict[str, float]  # the final report: test_* metrics, epoch, global_step, restarts
+    checkpoint_uri: str  # latest checkpoint folder (holds state.pt and best_model.pt)
+    mlflow_run_id: str | None
+    num_classes: int
+
+
+def fit(
+    exp: ExperimentConfig,
+    train_manifest: str,
+    test_manifest: str,
+    *,
+    storage_path: str,
+    run_name: str,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    clip_cache: str | None = None,
+    callbacks: list | None = None,
+) -> FitResult:
+    """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
+
+    Args:
+        exp: the run's configuration.
+        train_manifest, test_manifest: manifest Parquet URIs (``stpa prepare`` output).
+        storage_path: where Ray Train keeps checkpoints: a local folder or any fsspec URI.
+        run_name: Ray Train run name and MLflow run name; the key for resuming.
+        tracking_uri: MLflow tracking URI (default: ``pipeline.tracking.runs.tracking_uri()``); ``""`` disables MLflow.
+        clip_cache: decode-once cache root (``pipeline.clips.cache``): the training clips are decoded once, written
+            there as Parquet, and every epoch reads them back instead of decoding. Trades augmentation diversity
+            (the same sampled clip and crop of each video every epoch) for speed.
+        callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
+            ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = exp.train
+    train_table, class_names = read_manifest(train_manifest)
+    test_table, test_class_names = read_manifest(test_manifest)
+    if class_names != test_class_names:
+        raise ValueError(f"{train_manifest} and {test_manifest} list different classes")
+    if len(class_names) != exp.model.num_classes:
+        raise ValueError(
+            f"model.num_classes is {exp.model.num_classes} but {train_manifest} has {len(class_names)} classes"
+        )
+    num_steps = steps_per_epoch(train_table.num_rows, cfg.num_workers, cfg.batch_size)
+    if num_steps == 0:
+        raise ValueError(
+            f"{train_manifest}: {train_table.num_rows} training videos are too few for {cfg.num_workers} workers "
+            f"x batch {cfg.batch_size}: lower train.batch_size or train.num_workers"
+        )
+
+    if cfg.freeze_bn != "none" and not cfg.pretrained:
+        print(
+            f"warning: train.freeze_bn={cfg.freeze_bn!r} without pretrained weights: frozen BatchNorm layers keep "
+            "their initial statistics (mean 0, variance 1) and normalise nothing, so a deep backbone's activations "
+            "blow up (losses of ~50 here with ResNet-50). Pass --pretrained, or --set train.freeze_bn=none.",
+            flush=True,
+        )
+    uri = default_tracking_uri() if tracking_uri is None else tracking_uri
+    run_id = None
+    if uri:
+        run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
+        if not resumed:
+            _log_run_setup(uri, run_id, exp, train_manifest, test_manifest)
+
+    storage_filesystem, storage_root = storage.ray_storage(storage_path)
+    train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
+    if clip_cache:
+        train_dataset, entry = cached_clip_dataset(train_table, exp.train_clips, clip_cache)
+        for failure in entry.failures:
+            print(f"decode failure (cached): {failure}", flush=True)
+    else:
+        train_dataset = build_clip_dataset(train_table, exp.train_clips, report=train_report)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": exp,
+            "steps_per_epoch": num_steps,
+            "test_rows": test_table.to_pylist(),
+            "test_schema": test_table.schema,
+            "mlflow_tracking_uri": uri,
+            "mlflow_run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_root,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
+            # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
+            callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
+            # Ray Train reroutes a worker's print() through its logger, which reaches the console twice when
+            # Ray captures the worker's stdout (every epoch line printed two times); plain prints unless the
+            # user set RAY_TRAIN_ENABLE_PRINT_PATCH.
+            worker_runtime_env={
+                "env_vars": {
+                    "RAY_TRAIN_ENABLE_PRINT_PATCH": os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+                }
+            },
+        ),
+        datasets={"train": train_dataset},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if train_report.num_failed:
+        print(train_report.summary(), flush=True)
+    if uri:
+        _log_decode_failures(uri, run_id, train_report)
+    checkpoint_uri = storage.checkpoint_uri(storage_path, result.checkpoint.path) if result.checkpoint else ""
+    if uri:
+        _finish_run(uri, run_id, exp, result)
+    return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
+
+
+def _log_run_setup(
+    uri: str, run_id: str, exp: ExperimentConfig, train_manifest: str, test_manifest: str
+) -> None:
+    """Params and setup facts, once per run, from the driver, in one batch."""
+    import hashlib
+    import platform
+
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    params = {key: value[:6000] for key, value in flatten_config(exp).items()}
+    for name, manifest in (("train", train_manifest), ("test", test_manifest)):
+        params[f"manifest.{name}.uri"] = manifest
+        params[f"manifest.{name}.sha256"] = hashlib.sha256(read_bytes(manifest)).hexdigest()
+    tags = {
+        "system.python": platform.python_version(),
+        "system.torch": torch.__version__,
+        "system.platform": platform.platform(),
+        "system.cuda": str(torch.cuda.is_available()),
+    }
+    MlflowClient(tracking_uri=uri).log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+
+
+def _log_decode_failures(uri: str, run_id: str, report: DecodeReport) -> None:
+    """How many training videos were lost to decode errors, and which (ids and reasons) as a JSON artifact."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.log_metric(run_id, "train_decode_failures", report.num_failed)
+    if report.num_failed:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "train_decode_failures.json")
+            with open(path, "w") as f:
+                json.dump(report.reasons, f, indent=1, sort_keys=True)
+            client.log_artifact(run_id, path, artifact_path="data")
+
+
+def _finish_run(uri, run_id, exp, result) -> None:
+    """Log the best model from the final checkpoint and close the MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    with result.checkpoint.as_directory() as directory:
+        log_model(uri, run_id, exp, os.path.join(directory, BEST_MODEL_FILE))
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, status="FINISHED")
