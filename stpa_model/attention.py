@@ -174,48 +174,6 @@ class PyramidAttention(nn.Module):
         )
 
 
-class TemporalPositionEmbedding(nn.Module):
-    """[ours] Learned per-frame offsets added to every pyramid level before the attention (frame order).
-
-    The paper's layer treats the K frames as a set (PAPER.md, "blind to frame order"). Adding a learned vector
-    e_{j,k} in R^{C_j} to every position of frame k of level j makes both the scores and the attended features
-    depend on when a feature occurs. Zero-initialised, so a freshly built model computes exactly the paper's
-    layer until training moves the embedding.
-
-    Args:
-        num_segments: K, the number of frames per clip this embedding is trained for.
-        channels: C_j of every pyramid level.
-    """
-
-    def __init__(self, num_segments: int, channels: Sequence[int]) -> None:
-        super().__init__()
-        self.num_segments = num_segments
-        self.embeddings = nn.ParameterList(nn.Parameter(torch.zeros(num_segments, c)) for c in channels)
-
-    def forward(self, features: Sequence[torch.Tensor], num_frames: int) -> list[torch.Tensor]:
-        """Add e_{j,k} to the maps of level j, frame k.
-
-        Args:
-            features: N maps (B*K, C_j, H_j, W_j), frames stacked b-major.
-            num_frames: K; must equal num_segments.
-
-        Returns:
-            N maps of the same shapes.
-        """
-        if num_frames != self.num_segments:
-            raise ValueError(
-                f"temporal_position_embedding was built for num_segments={self.num_segments} frames per clip, "
-                f"got clips of {num_frames} frames"
-            )
-        out = []
-        for f, embedding in zip(features, self.embeddings, strict=True):
-            bk, c, h, w = f.shape
-            frames = f.reshape(bk // num_frames, num_frames, c, h, w)  # (B, K, C_j, H_j, W_j)
-            frames = frames + embedding.to(f.dtype)[None, :, :, None, None]  # + (1, K, C_j, 1, 1)
-            out.append(frames.reshape(bk, c, h, w))
-        return out
-
-
 def attention_heatmaps(
     attention: torch.Tensor,
     feature_hw: tuple[int, int],

@@ -16,7 +16,7 @@ Layouts (``tests/stpa_model/test_resnet.py`` builds each one as its project save
   ``nn.DataParallel(TSN(...))``: ``module.base_model.<torchvision keys>`` with ``.conv1.net.`` in every shifted
   block (``TemporalShift`` holds the wrapped conv as ``.net``), ``module.new_fc.weight/bias`` (and
   ``module.base_model.fc.*`` instead when TSN's dropout is 0).
-- Our STPANet (``backbone.``, ``temporal_embedding.``, ``pyramid.``, ``head.``), bare, from DDP, or as the
+- Our STPANet (``backbone.``, ``pyramid.``, ``head.``; older ones ``temporal_embedding.``), bare, from DDP, or as the
   ``"model"`` entry of a training checkpoint (``pipeline/checkpoint.py``): fine-tuning from an earlier run.
 """
 
@@ -40,7 +40,7 @@ _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "backbone.", "bas
 # is neither one of these nor a ResNet key reaches the strict load and fails there, named.
 _NON_BACKBONE_PARTS: tuple[str, ...] = (
     "new_fc.",  # TSM / TSN: the video classifier (TSN's dropout > 0)
-    "temporal_embedding.",  # STPANet: [ours] temporal position embedding
+    "temporal_embedding.",  # STPANet saved before its temporal position embedding moved into "head."
     "pyramid.",  # STPANet: the attention layer
     "head.",  # STPANet: the classifier
 )

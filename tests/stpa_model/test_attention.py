@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stpa_model import PyramidAttention, TemporalPositionEmbedding, attended_to_map, attention_heatmaps
+from stpa_model import PyramidAttention, attended_to_map, attention_heatmaps
 
 # --- reference from PAPER.md steps 1-5 -------------------------------------------------------------------------
 
@@ -149,24 +149,6 @@ def test_layer_rejects_bad_inputs() -> None:
         layer(random_pyramid(1, 3), num_frames=2)
     with pytest.raises(ValueError, match="fusion must be one of"):
         PyramidAttention([3], 4, fusion="product")
-
-
-# --- temporal position embedding -------------------------------------------------------------------------------
-
-
-def test_temporal_embedding_zero_init_and_order() -> None:
-    features = random_pyramid(2, 3)
-    embedding = TemporalPositionEmbedding(3, [3, 5, 7])
-    for before, after in zip(features, embedding(features, 3), strict=True):
-        torch.testing.assert_close(before, after)  # zero-initialised: the paper's layer at first
-    with torch.no_grad():
-        for e in embedding.embeddings:
-            e.normal_()
-    shifted = embedding(features, 3)
-    # frame k of clip b gets e_k: compare frame 1 of clip 0 with the raw features plus e_1
-    torch.testing.assert_close(shifted[1][1], features[1][1] + embedding.embeddings[1][1][:, None, None])
-    with pytest.raises(ValueError, match="num_segments=3"):
-        embedding(random_pyramid(1, 4), 4)
 
 
 # --- heat maps -------------------------------------------------------------------------------------------------

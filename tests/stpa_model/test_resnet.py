@@ -364,7 +364,7 @@ def test_load_our_own_stpanet_checkpoint(tmp_path, form: str) -> None:
     dropped = load_pretrained_backbone(model, path)
     prefix = "module." if form == "ddp" else ""
     assert dropped == sorted(k for k in checkpoint if not k.startswith(prefix + "backbone."))
-    assert {k.split(".")[1 if prefix else 0] for k in dropped} == {"temporal_embedding", "pyramid", "head"}
+    assert {k.split(".")[1 if prefix else 0] for k in dropped} == {"pyramid", "head"}
     assert_backbone_equals_resnet(model.backbone, source.backbone)
 
 
@@ -396,6 +396,12 @@ def test_load_of_wrapped_layouts_stays_strict() -> None:
     with pytest.raises(RuntimeError, match="layer2.0.conv1.weight"):
         load_pretrained_backbone(build_model("debug"), tsm)
     ours = stpa_source_model().state_dict()
+    # Saved before the temporal position embedding moved into the head: "temporal_embedding.embeddings.<j>".
+    old_embedding = {"temporal_embedding.embeddings.0": torch.zeros(3, 16)}
+    assert (
+        load_pretrained_backbone(build_model("debug"), ours | old_embedding)[-1]
+        == "temporal_embedding.embeddings.0"
+    )
     del ours["backbone.layer3.0.bn2.running_var"]
     with pytest.raises(RuntimeError, match="layer3.0.bn2.running_var"):
         load_pretrained_backbone(build_model("debug"), ours)
