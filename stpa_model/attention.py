@@ -7,6 +7,14 @@ The layer, for an attended layer i and a pyramid of N levels j = i-N+1..i (deepe
 2. [paper] ``X_j``: flatten the K frames' positions into P = K*H_i*W_i rows.
 3. [paper] ``Y_j = W_j X_j^T + b_j`` (d x P): a 1x1 convolution with bias per level, shared across frames.
    [paper] d = H_i*W_i by default, so that the output keeps layer i's shape.
+   b_j adds the constant b_j[m] to every position of row m. With "sum", "mean" and "concat" fusion the fused
+   row m gets a constant too (for "concat" also the projection's bias), which the softmax over positions
+   cancels, as it does in each level's own softmax: those biases change nothing and get no gradient (zero up
+   to rounding, ~1e-7). Only "max" fusion makes them matter (they decide which level wins at a position).
+   They are kept, as in the paper's equation, so that every fusion has the same state-dict keys and existing
+   checkpoints load strictly; dropping them would remove ``pyramid.projections.<j>.bias`` (and
+   ``pyramid.fuse.bias``) for those fusions. ``test_score_biases_cancel_in_the_softmax_except_with_max_fusion``
+   pins this.
 4. [paper] ``a = softmax(F(Y_1..Y_N))`` over the P positions of each of the d rows, then ``A`` = row-wise L2
    normalisation of a. [ours] F = element-wise sum by default (``fusion="sum"``); "mean", "max", and "concat"
    (concatenate the N score maps along the rows, then a learned 1x1 projection N*d -> d) are the options.
@@ -120,7 +128,8 @@ class PyramidAttention(nn.Module):
         self.resample = resample
         self.fusion = fusion
         self.l2_normalize = l2_normalize
-        # W_j, b_j of Eq. (3): a 1x1 convolution with bias per level (nn.Conv2d's default initialisation).
+        # W_j, b_j of Eq. (3): a 1x1 convolution with bias per level (nn.Conv2d's default initialisation). b_j
+        # only matters with "max" fusion; the softmax cancels it otherwise (module docstring, step 3).
         self.projections = nn.ModuleList(nn.Conv2d(c, attention_dim, kernel_size=1) for c in in_channels)
         # [ours] "concat" fusion: a learned 1x1 projection of the N stacked score maps back to d rows.
         self.fuse = (
