@@ -445,21 +445,25 @@ def test_load_refuses_pickled_objects(tmp_path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
-def test_resnet50_matches_torchvision_numerically() -> None:
+@pytest.mark.parametrize("name", sorted(TORCHVISION_ARCHS))
+def test_resnet_matches_torchvision_numerically(name: str) -> None:
+    """Same weights, same outputs: torchvision's model loaded strictly into ours (CPU or the GPU in the lent
+    machines). Run it with ``pip install torchvision`` (the build matching torch) and
+    ``pytest tests/stpa_model/test_resnet.py -k numerically``."""
     import torchvision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    reference = torchvision.models.resnet50(weights=None)
+    reference = getattr(torchvision.models, name)(weights=None)
     for module in reference.modules():  # non-trivial BN statistics so eval mode tests them too
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0.0, 0.1)
             module.running_var.uniform_(0.5, 1.5)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0.0, 0.1)
-    ours = ResNet(RESNET_SPECS["resnet50"], num_classes=1000)
+    ours = ResNet(RESNET_SPECS[name], num_classes=1000)
     ours.load_state_dict(reference.state_dict(), strict=True)
     reference.to(device).eval()
     ours.to(device).eval()
