@@ -17,7 +17,6 @@ This package imports neither ray, mlflow, decord nor fsspec.
 from stpa_model.attention import (
     PyramidAttention,
     PyramidAttentionOutput,
-    TemporalPositionEmbedding,
     attended_to_map,
     attention_heatmaps,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "STPAFeatures",
     "STPANet",
     "STPAOutput",
-    "TemporalPositionEmbedding",
     "attended_to_map",
     "attention_heatmaps",
     "build_model",

@@ -7,6 +7,14 @@ The layer, for an attended layer i and a pyramid of N levels j = i-N+1..i (deepe
 2. [paper] ``X_j``: flatten the K frames' positions into P = K*H_i*W_i rows.
 3. [paper] ``Y_j = W_j X_j^T + b_j`` (d x P): a 1x1 convolution with bias per level, shared across frames.
    [paper] d = H_i*W_i by default, so that the output keeps layer i's shape.
+   b_j adds the constant b_j[m] to every position of row m. With "sum", "mean" and "concat" fusion the fused
+   row m gets a constant too (for "concat" also the projection's bias), which the softmax over positions
+   cancels, as it does in each level's own softmax: those biases change nothing and get no gradient (zero up
+   to rounding, ~1e-7). Only "max" fusion makes them matter (they decide which level wins at a position).
+   They are kept, as in the paper's equation, so that every fusion has the same state-dict keys and existing
+   checkpoints load strictly; dropping them would remove ``pyramid.projections.<j>.bias`` (and
+   ``pyramid.fuse.bias``) for those fusions. ``test_score_biases_cancel_in_the_softmax_except_with_max_fusion``
+   pins this.
 4. [paper] ``a = softmax(F(Y_1..Y_N))`` over the P positions of each of the d rows, then ``A`` = row-wise L2
    normalisation of a. [ours] F = element-wise sum by default (``fusion="sum"``); "mean", "max", and "concat"
    (concatenate the N score maps along the rows, then a learned 1x1 projection N*d -> d) are the options.
@@ -120,7 +128,8 @@ class PyramidAttention(nn.Module):
         self.resample = resample
         self.fusion = fusion
         self.l2_normalize = l2_normalize
-        # W_j, b_j of Eq. (3): a 1x1 convolution with bias per level (nn.Conv2d's default initialisation).
+        # W_j, b_j of Eq. (3): a 1x1 convolution with bias per level (nn.Conv2d's default initialisation). b_j
+        # only matters with "max" fusion; the softmax cancels it otherwise (module docstring, step 3).
         self.projections = nn.ModuleList(nn.Conv2d(c, attention_dim, kernel_size=1) for c in in_channels)
         # [ours] "concat" fusion: a learned 1x1 projection of the N stacked score maps back to d rows.
         self.fuse = (
@@ -172,48 +181,6 @@ class PyramidAttention(nn.Module):
             features=x,
             feature_hw=(h, w),
         )
-
-
-class TemporalPositionEmbedding(nn.Module):
-    """[ours] Learned per-frame offsets added to every pyramid level before the attention (frame order).
-
-    The paper's layer treats the K frames as a set (PAPER.md, "blind to frame order"). Adding a learned vector
-    e_{j,k} in R^{C_j} to every position of frame k of level j makes both the scores and the attended features
-    depend on when a feature occurs. Zero-initialised, so a freshly built model computes exactly the paper's
-    layer until training moves the embedding.
-
-    Args:
-        num_segments: K, the number of frames per clip this embedding is trained for.
-        channels: C_j of every pyramid level.
-    """
-
-    def __init__(self, num_segments: int, channels: Sequence[int]) -> None:
-        super().__init__()
-        self.num_segments = num_segments
-        self.embeddings = nn.ParameterList(nn.Parameter(torch.zeros(num_segments, c)) for c in channels)
-
-    def forward(self, features: Sequence[torch.Tensor], num_frames: int) -> list[torch.Tensor]:
-        """Add e_{j,k} to the maps of level j, frame k.
-
-        Args:
-            features: N maps (B*K, C_j, H_j, W_j), frames stacked b-major.
-            num_frames: K; must equal num_segments.
-
-        Returns:
-            N maps of the same shapes.
-        """
-        if num_frames != self.num_segments:
-            raise ValueError(
-                f"temporal_position_embedding was built for num_segments={self.num_segments} frames per clip, "
-                f"got clips of {num_frames} frames"
-            )
-        out = []
-        for f, embedding in zip(features, self.embeddings, strict=True):
-            bk, c, h, w = f.shape
-            frames = f.reshape(bk // num_frames, num_frames, c, h, w)  # (B, K, C_j, H_j, W_j)
-            frames = frames + embedding.to(f.dtype)[None, :, :, None, None]  # + (1, K, C_j, 1, 1)
-            out.append(frames.reshape(bk, c, h, w))
-        return out
 
 
 def attention_heatmaps(

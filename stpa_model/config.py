@@ -59,7 +59,9 @@ class ModelConfig:
     interaction_detach_features: bool = True  # [ours] the interaction loss trains A, not X (PCA: X is data)
     diversity_normalization: str = "mean"  # [ours] "mean" (sum / N*d*P under the sqrt) | "none"
     # --- frame order, beyond the paper [ours]; both off by default so the default model is the paper's
-    temporal_position_embedding: bool = False  # learned per-frame vectors added before the attention
+    # Frame-ordered pooling: the head keeps one pooled vector per frame and weighs frame k with W + E_k, E_k a
+    # learned, zero-initialised (num_classes x C) embedding of position k (model.py, ClassifierHead).
+    temporal_position_embedding: bool = False
     temporal_shift: bool = False  # TSM in every residual block (zero extra parameters)
     temporal_shift_div: int = 8  # TSM: 1/8 of the channels shift each way (Lin et al. 2019)
     num_segments: int = 8  # K the temporal position embedding is built for (checked against the input)
@@ -107,10 +109,16 @@ class ModelConfig:
                 f"embed_in_backbone needs d = H_i*W_i = {self.attended_size**2} to reshape M_i into layer i's "
                 f"shape; got attention_dim={self.attention_dim} (leave it None)"
             )
-        if self.temporal_position_embedding and self.attention == "none":
+        if (
+            self.temporal_position_embedding
+            and self.attention != "none"
+            and self.spatio_temporal
+            and self.embed_in_backbone
+        ):
             raise ValueError(
-                "temporal_position_embedding needs attention != 'none': average pooling of features plus a "
-                "per-frame embedding is still blind to frame order (use temporal_shift instead)"
+                "temporal_position_embedding needs a pooled vector per frame, but spatio-temporal attention "
+                "embedded in the backbone aggregates the K frames into one map at layer i (use "
+                "temporal_shift, or spatio_temporal=False, or embed_in_backbone=False)"
             )
 
     @property

@@ -1,4 +1,4 @@
-"""PyramidAttention on its own, against the paper's equations written out in numpy; heat maps; embedding."""
+"""PyramidAttention on its own, against the paper's equations written out in numpy; score biases; heat maps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stpa_model import PyramidAttention, TemporalPositionEmbedding, attended_to_map, attention_heatmaps
+from stpa_model import PyramidAttention, attended_to_map, attention_heatmaps
 
 # --- reference from PAPER.md steps 1-5 -------------------------------------------------------------------------
 
@@ -151,22 +151,39 @@ def test_layer_rejects_bad_inputs() -> None:
         PyramidAttention([3], 4, fusion="product")
 
 
-# --- temporal position embedding -------------------------------------------------------------------------------
+# --- the score biases b_j ----------------------------------------------------------------------------------
 
 
-def test_temporal_embedding_zero_init_and_order() -> None:
+def score_biases(layer: PyramidAttention) -> list[torch.nn.Parameter]:
+    """b_j of every level, and the "concat" projection's bias (also a per-row constant)."""
+    biases = [projection.bias for projection in layer.projections]
+    return biases + ([layer.fuse.bias] if layer.fuse is not None else [])
+
+
+@pytest.mark.parametrize("fusion", ["sum", "mean", "max", "concat"])
+def test_score_biases_cancel_in_the_softmax_except_with_max_fusion(fusion: str) -> None:
+    """b_j adds one constant to every position of row m; the softmax over positions cancels it unless "max"
+    fusion picks, position by position, which level's score wins. Kept for checkpoint compatibility: with
+    sum, mean and concat fusion they neither change the layer nor train (gradient zero up to rounding)."""
+    torch.manual_seed(0)
+    layer = PyramidAttention([3, 5, 7], 4, fusion=fusion)
     features = random_pyramid(2, 3)
-    embedding = TemporalPositionEmbedding(3, [3, 5, 7])
-    for before, after in zip(features, embedding(features, 3), strict=True):
-        torch.testing.assert_close(before, after)  # zero-initialised: the paper's layer at first
+    out = layer(features, num_frames=3)
+    (out.attended.square().sum() + out.level_softmax.square().sum()).backward()
+    gradients = [b.grad.abs().max().item() for b in score_biases(layer)]
+    weight_gradient = layer.projections[0].weight.grad.abs().max().item()
     with torch.no_grad():
-        for e in embedding.embeddings:
-            e.normal_()
-    shifted = embedding(features, 3)
-    # frame k of clip b gets e_k: compare frame 1 of clip 0 with the raw features plus e_1
-    torch.testing.assert_close(shifted[1][1], features[1][1] + embedding.embeddings[1][1][:, None, None])
-    with pytest.raises(ValueError, match="num_segments=3"):
-        embedding(random_pyramid(1, 4), 4)
+        for bias in score_biases(layer):
+            bias.add_(torch.randn_like(bias))
+        moved = layer(features, num_frames=3)
+    if fusion == "max":
+        assert not torch.allclose(moved.attention, out.attention, atol=1e-4)
+        assert min(gradients[:3]) > 1e-3 * weight_gradient
+    else:
+        torch.testing.assert_close(moved.attention, out.attention, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(moved.attended, out.attended, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(moved.level_softmax, out.level_softmax, rtol=1e-5, atol=1e-6)
+        assert max(gradients) < 1e-5 * weight_gradient, (gradients, weight_gradient)
 
 
 # --- heat maps -------------------------------------------------------------------------------------------------

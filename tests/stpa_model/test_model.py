@@ -111,6 +111,8 @@ GRADIENT_CASES = [
     {"embed_in_backbone": True, "spatio_temporal": False, "pyramid_layers": ("res3", "res4")},
     {"l2_normalize": False, "pyramid_layers": ("res5",)},
     {"temporal_position_embedding": True},
+    {"temporal_position_embedding": True, "spatio_temporal": False},
+    {"temporal_position_embedding": True, "attention": "none"},
     {"temporal_shift": True},
     {"multi_label": True},
     {
@@ -243,13 +245,55 @@ def test_frame_permutation_leaves_logits_unchanged(overrides: dict) -> None:
 def test_temporal_order_options_see_frame_order(overrides: dict) -> None:
     torch.manual_seed(0)
     model = build_model("debug", num_segments=4, **overrides).eval()
-    if model.temporal_embedding is not None:
+    if model.head.temporal_embedding is not None:
         with torch.no_grad():  # zero-initialised: give it values, as training would
-            for e in model.temporal_embedding.embeddings:
-                e.normal_()
+            model.head.temporal_embedding.normal_()
     clips = clips_of(2, 4, 64)
     with torch.no_grad():
         assert not torch.allclose(model(clips).logits, model(clips.flip(1)).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"spatio_temporal": False},
+        {"attention": "none"},
+        {"embed_in_backbone": True, "spatio_temporal": False},
+    ],
+)
+def test_temporal_position_embedding_starts_as_the_papers_head(overrides: dict) -> None:
+    """Zero-initialised, the option adds (K, num_classes, C) parameters and computes the same eval logits."""
+    clips = clips_of(2, 3, 64)
+    torch.manual_seed(0)
+    plain = build_model("debug", **overrides).eval()
+    torch.manual_seed(0)
+    ordered = build_model("debug", temporal_position_embedding=True, **overrides).eval()
+    extra = {n: p.shape for n, p in ordered.named_parameters()}.items() - {
+        n: p.shape for n, p in plain.named_parameters()
+    }.items()
+    assert extra == {("head.temporal_embedding", (3, 10, 64))}
+    with torch.no_grad():
+        torch.testing.assert_close(ordered(clips).logits, plain(clips).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_frame_tokens_split_the_attended_feature_and_head_weighs_each_frame() -> None:
+    """Tokens are the K frames' shares of M (their mean is the paper's pooled feature); the logits are
+    b + (1/K) sum_k (W + E_k) T_k, written out with a loop."""
+    torch.manual_seed(0)
+    model = build_model("debug", temporal_position_embedding=True).eval()
+    with torch.no_grad():
+        model.head.temporal_embedding.normal_()
+        clips = clips_of(2, 3, 64)
+        features = model.forward_features(clips)
+        assert features.tokens.shape == (2, 3, 64)
+        torch.manual_seed(0)
+        paper = build_model("debug").eval()
+        pooled = paper.forward_features(clips).tokens[:, 0]  # (B, C): mean over the d rows of M
+        torch.testing.assert_close(features.tokens.mean(dim=1), pooled, rtol=1e-5, atol=1e-6)
+        weight, bias, embedding = model.head.fc.weight, model.head.fc.bias, model.head.temporal_embedding
+        expected = bias + sum((weight + embedding[k]) @ features.tokens[:, k].T for k in range(3)).T / 3
+        torch.testing.assert_close(model.forward_head(features).logits, expected, rtol=1e-5, atol=1e-6)
 
 
 def fit_reversed_clips(num_steps: int, **overrides) -> float:
@@ -358,7 +402,10 @@ def test_unknown_names_are_reported_with_valid_ones() -> None:
         ({"beta": -1.0}, "beta must be >= 0"),
         ({"attention_dim": 0}, "attention_dim must be None or a positive int"),
         ({"embed_in_backbone": True, "attention_dim": 5}, "embed_in_backbone needs d"),
-        ({"temporal_position_embedding": True, "attention": "none"}, "needs attention != 'none'"),
+        (
+            {"temporal_position_embedding": True, "embed_in_backbone": True},
+            "temporal_position_embedding needs a pooled vector per frame",
+        ),
         ({"interaction_normalization": "batch"}, "interaction_normalization must be one of"),
     ],
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -200,24 +202,209 @@ def test_load_into_classifier_resnet_keeps_fc() -> None:
     assert torch.equal(model.fc.weight, checkpoint["fc.weight"])
 
 
-def test_map_resnet_keys_wrapped_and_tsm_layouts() -> None:
+def randomize_batch_norm(model: torch.nn.Module) -> None:
+    """Non-trivial BN statistics and affine parameters, so that an exact comparison means something."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(7)
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_()
+
+
+def assert_backbone_equals_resnet(backbone: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Every tensor of the loaded backbone equals the source ResNet's tensor of the same torchvision name."""
+    expected = source.state_dict()
+    loaded = backbone.state_dict()
+    assert loaded
+    for key, value in loaded.items():
+        assert torch.equal(value, expected[key]), key
+
+
+# TSM (Lin et al., github.com/mit-han-lab/temporal-shift-module), its module structure rebuilt from real
+# nn.Modules with the repository's attribute names: ops/temporal_shift.py and ops/models.py.
+class TemporalShift(torch.nn.Module):
+    """TSM's shift wrapper: holds the wrapped convolution as ``self.net`` (no parameters of its own)."""
+
+    def __init__(self, net: torch.nn.Module, n_segment: int = 8, n_div: int = 8) -> None:
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = n_div
+
+
+class ConsensusModule(torch.nn.Module):
+    """TSN's average consensus: no parameters."""
+
+
+class TSN(torch.nn.Module):
+    """TSM's ``TSN`` with a ResNet base model and ``is_shift=True, shift_place="blockres"``.
+
+    ``_prepare_base_model``: ``self.base_model`` is a torchvision ResNet (ours has the same keys, see
+    ``test_state_dict_keys_match_torchvision``); ``make_temporal_shift``: every ``n_round``-th block's conv1 is
+    wrapped in ``TemporalShift`` (n_round = 2 when layer3 has >= 23 blocks, i.e. ResNet-101);
+    ``_prepare_tsn``: the base model's ``fc`` becomes ``Dropout`` and ``self.new_fc`` the classifier, or with
+    dropout 0 the base model's ``fc`` is replaced by the new classifier and ``new_fc`` is None.
+    """
+
+    def __init__(self, base_model: ResNet, num_class: int, dropout: float) -> None:
+        super().__init__()
+        self.base_model = base_model
+        n_round = 2 if len(base_model.layer3) >= 23 else 1
+        for stage in (base_model.layer1, base_model.layer2, base_model.layer3, base_model.layer4):
+            for index, block in enumerate(stage):
+                if index % n_round == 0:
+                    block.conv1 = TemporalShift(block.conv1)
+        feature_dim = base_model.fc.in_features
+        if dropout == 0:
+            base_model.fc = torch.nn.Linear(feature_dim, num_class)
+            self.new_fc = None
+        else:
+            base_model.fc = torch.nn.Dropout(p=dropout)
+            self.new_fc = torch.nn.Linear(feature_dim, num_class)
+        self.consensus = ConsensusModule()
+
+
+def tsm_checkpoint_bytes(source: ResNet, dropout: float) -> bytes:
+    """What TSM's main.py writes: save_checkpoint({epoch, arch, state_dict, optimizer, best_prec1}) of
+    ``nn.DataParallel(TSN(...))``, with an SGD optimizer over named parameter groups after one step."""
+    tsn = TSN(copy.deepcopy(source), num_class=174, dropout=dropout)
+    model = torch.nn.DataParallel(tsn)  # no GPU here: it only wraps, its state dict gets "module."
+    policies = [
+        {
+            "params": [p for n, p in model.named_parameters() if "fc" not in n],
+            "lr_mult": 1,
+            "decay_mult": 1,
+            "name": "normal_weight",
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if "fc" in n],
+            "lr_mult": 5,
+            "decay_mult": 1,
+            "name": "lr5_weight",
+        },
+    ]
+    optimizer = torch.optim.SGD(policies, 0.01, momentum=0.9)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # momentum buffers in the optimizer state; zero gradients leave the weights as they are
+    state = {
+        "epoch": 25,
+        "arch": "resnet50",
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_prec1": 47.25,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dropout", [0.5, 0.0])
+def test_load_tsm_repository_checkpoint(dropout: float) -> None:
+    torch.manual_seed(3)
+    source = ResNet(RESNET_SPECS["resnet_debug"], num_classes=1000)
+    randomize_batch_norm(source)
+    blob = tsm_checkpoint_bytes(source, dropout)
+    keys = torch.load(io.BytesIO(blob), weights_only=True)["state_dict"].keys()
+    assert "module.base_model.layer1.0.conv1.net.weight" in keys  # the layout really is TSM's
+    assert ("module.new_fc.weight" in keys) == (dropout > 0)
+    model = build_model("debug")
+    dropped = load_pretrained_backbone(model, blob)
+    classifier = "module.new_fc." if dropout > 0 else "module.base_model.fc."
+    assert dropped == [classifier + "bias", classifier + "weight"]
+    assert_backbone_equals_resnet(model.backbone, source)
+
+
+def test_load_tsm_resnet101_layout_shifts_every_other_block() -> None:
+    """TSM shifts every second block when layer3 has >= 23 blocks: plain and ".net" conv1 keys mixed."""
+    spec = dataclasses.replace(RESNET_SPECS["resnet_debug"], num_blocks=(1, 2, 23, 1))
+    torch.manual_seed(4)
+    source = ResNet(spec, num_classes=1000)
+    randomize_batch_norm(source)
+    checkpoint = torch.nn.DataParallel(TSN(copy.deepcopy(source), 10, 0.5)).state_dict()
+    assert "module.base_model.layer3.0.conv1.net.weight" in checkpoint
+    assert "module.base_model.layer3.1.conv1.weight" in checkpoint
+    backbone = ResNet(spec)
+    assert load_pretrained_backbone(backbone, checkpoint) == ["module.new_fc.bias", "module.new_fc.weight"]
+    assert_backbone_equals_resnet(backbone, source)
+
+
+def stpa_source_model(**overrides) -> torch.nn.Module:
+    """An STPANet with every optional part built (concat fusion, temporal embedding) and non-trivial BN."""
+    torch.manual_seed(5)
+    model = build_model("debug", fusion="concat", temporal_position_embedding=True, **overrides)
+    randomize_batch_norm(model)
+    return model
+
+
+@pytest.mark.parametrize("form", ["bare", "ddp", "training_checkpoint"])
+def test_load_our_own_stpanet_checkpoint(tmp_path, form: str) -> None:
+    """Fine-tuning from an earlier run: a whole STPANet's state dict passed as --pretrained."""
+    source = stpa_source_model()
+    if form == "ddp":
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+        )
+        try:
+            checkpoint = torch.nn.parallel.DistributedDataParallel(source).state_dict()
+        finally:
+            torch.distributed.destroy_process_group()
+        assert next(iter(checkpoint)).startswith("module.backbone.")
+    else:
+        checkpoint = source.state_dict()
+    path = tmp_path / "state.pt"
+    if form == "training_checkpoint":  # pipeline/checkpoint.py's layout
+        torch.save({"model": checkpoint, "optimizer": {}, "epoch": 3, "config": {"lr": 0.1}}, path)
+    else:
+        torch.save(checkpoint, path)
+    model = build_model("debug")
+    dropped = load_pretrained_backbone(model, path)
+    prefix = "module." if form == "ddp" else ""
+    assert dropped == sorted(k for k in checkpoint if not k.startswith(prefix + "backbone."))
+    assert {k.split(".")[1 if prefix else 0] for k in dropped} == {"pyramid", "head"}
+    assert_backbone_equals_resnet(model.backbone, source.backbone)
+
+
+def test_map_resnet_keys_is_key_by_key_and_pure() -> None:
     checkpoint = torchvision_layout_checkpoint()
     ddp = {f"module.backbone.{k}": v for k, v in checkpoint.items()}
     assert map_resnet_keys(ddp).keys() == checkpoint.keys()
-    # TSM repository layout: "base_model." prefix, shift wrapper ".net" around every block's conv1, "new_fc".
-    tsm = {}
-    for key, value in checkpoint.items():
-        key = key.replace(".conv1.weight", ".conv1.net.weight") if key.startswith("layer") else key
-        key = key.replace("fc.", "new_fc.")
-        tsm[f"base_model.{key}"] = value
-    mapped = map_resnet_keys(tsm)
-    assert "layer1.0.conv1.weight" in mapped and "new_fc.weight" in mapped
-    model = build_model("debug")
-    assert load_pretrained_backbone(model, tsm) == ["new_fc.bias", "new_fc.weight"]
-    assert_backbone_equals(model, checkpoint)
-    # Keys are only stripped when every key shares the prefix, and the input is not modified.
-    mixed = {"model.conv1.weight": 1, "bn1.weight": 2}
-    assert map_resnet_keys(mixed) == mixed and list(mixed) == ["model.conv1.weight", "bn1.weight"]
+    mixed = {"module.base_model.layer1.0.conv1.net.weight": 1, "module.new_fc.weight": 2, "bn1.weight": 3}
+    assert map_resnet_keys(mixed) == {"layer1.0.conv1.weight": 1, "bn1.weight": 3}
+    assert list(mixed) == [
+        "module.base_model.layer1.0.conv1.net.weight",
+        "module.new_fc.weight",
+        "bn1.weight",
+    ]
+    with pytest.raises(ValueError, match="same ResNet key 'bn1.weight'"):
+        map_resnet_keys({"bn1.weight": 1, "module.bn1.weight": 2})
+
+
+def test_load_of_wrapped_layouts_stays_strict() -> None:
+    """Only the named parts are dropped: an unknown part or a missing backbone key is an error naming it."""
+    torch.manual_seed(3)
+    source = ResNet(RESNET_SPECS["resnet_debug"], num_classes=1000)
+    tsm = torch.nn.DataParallel(TSN(source, 10, 0.5)).state_dict()
+    with pytest.raises(RuntimeError, match="aux_head.weight"):
+        load_pretrained_backbone(
+            build_model("debug"), dict(tsm, **{"module.aux_head.weight": torch.zeros(1)})
+        )
+    del tsm["module.base_model.layer2.0.conv1.net.weight"]
+    with pytest.raises(RuntimeError, match="layer2.0.conv1.weight"):
+        load_pretrained_backbone(build_model("debug"), tsm)
+    ours = stpa_source_model().state_dict()
+    # Saved before the temporal position embedding moved into the head: "temporal_embedding.embeddings.<j>".
+    old_embedding = {"temporal_embedding.embeddings.0": torch.zeros(3, 16)}
+    assert (
+        load_pretrained_backbone(build_model("debug"), ours | old_embedding)[-1]
+        == "temporal_embedding.embeddings.0"
+    )
+    del ours["backbone.layer3.0.bn2.running_var"]
+    with pytest.raises(RuntimeError, match="layer3.0.bn2.running_var"):
+        load_pretrained_backbone(build_model("debug"), ours)
 
 
 def test_load_unwraps_state_dict_container() -> None:
@@ -258,21 +445,25 @@ def test_load_refuses_pickled_objects(tmp_path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
-def test_resnet50_matches_torchvision_numerically() -> None:
+@pytest.mark.parametrize("name", sorted(TORCHVISION_ARCHS))
+def test_resnet_matches_torchvision_numerically(name: str) -> None:
+    """Same weights, same outputs: torchvision's model loaded strictly into ours (CPU or the GPU in the lent
+    machines). Run it with ``pip install torchvision`` (the build matching torch) and
+    ``pytest tests/stpa_model/test_resnet.py -k numerically``."""
     import torchvision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    reference = torchvision.models.resnet50(weights=None)
+    reference = getattr(torchvision.models, name)(weights=None)
     for module in reference.modules():  # non-trivial BN statistics so eval mode tests them too
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0.0, 0.1)
             module.running_var.uniform_(0.5, 1.5)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0.0, 0.1)
-    ours = ResNet(RESNET_SPECS["resnet50"], num_classes=1000)
+    ours = ResNet(RESNET_SPECS[name], num_classes=1000)
     ours.load_state_dict(reference.state_dict(), strict=True)
     reference.to(device).eval()
     ours.to(device).eval()
