@@ -6,8 +6,9 @@ cycles over fewer files for larger sizes, whose encoding is slow), then each var
 process and reads 8 sparse frames from every video. The parent imports nothing heavy and generates in a child too:
 Linux carries ``ru_maxrss`` over fork and exec, so a heavy parent would set every child's peak.
 
-    read_frames   the project's code path: ``pipeline.video.decode.read_frames(path, indices, decode_method="decord")``,
-                  bytes through fsspec, a fresh decord reader per read, dropped before returning
+    read_frames   the project's code path: ``pipeline.video.decode.read_frames(path, indices, index=...)`` with
+                  each file's index (made once, as ``stpa prepare`` does), bytes through fsspec, the read method
+                  the index chose (exact seeking with PyAV, or a fresh decord reader dropped before returning)
     held_readers  the "before": plain decord readers on the same files, the last ``--num-held`` of them kept
                   alive (what an open-decoder cache, or the first version of ``VideoDecoder`` that kept its
                   reader open across reads, does). decord keeps decoding the rest of a video in a background
@@ -80,16 +81,17 @@ def run_variant(
     """
     import decord
 
-    from pipeline.video.decode import read_frames
+    from pipeline.video.decode import index_video, read_frames
 
     indices = sparse_indices(num_frames)
+    indexes = {path: index_video(path) for path in paths} if variant == "read_frames" else {}
     held: list[decord.VideoReader] = []
     samples = [(0, current_rss_mb(), peak_rss_mb())]
     start = time.perf_counter()
     for done in range(1, num_videos + 1):
         path = paths[(done - 1) % len(paths)]
         if variant == "read_frames":
-            frames = read_frames(path, indices, decode_method="decord")
+            frames = read_frames(path, indices, index=indexes[path])
         else:
             reader = decord.VideoReader(path, num_threads=1)
             frames = reader.get_batch(indices).asnumpy()

@@ -150,6 +150,7 @@ def consume(dataset) -> int:
 def rss_probe(rows: list[dict], num_videos: int) -> dict:
     """Ray task body: decode ``num_videos`` clips in a row through the pipeline's decode path; RSS samples."""
     from pipeline.clips.dataset import decode_views
+    from pipeline.video.decode import index_from_bytes
 
     def rss_mb() -> float:
         with open("/proc/self/status") as f:
@@ -162,7 +163,8 @@ def rss_probe(rows: list[dict], num_videos: int) -> dict:
     started = time.perf_counter()
     for i in range(num_videos):
         row = rows[i % len(rows)]  # cycles through the files
-        decode_views(row[schema.VIDEO_URI], row[schema.NUM_FRAMES], row[schema.DECODE_METHOD], CONFIG, None)
+        uri = row[schema.VIDEO_URI]
+        decode_views(uri, index_from_bytes(uri, row[schema.FRAME_INDEX]), CONFIG, None)
         if (i + 1) % max(1, num_videos // 10) == 0:
             samples.append((i + 1, rss_mb()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -189,13 +191,17 @@ def main() -> None:
 
     torch.set_num_threads(1)  # the baseline is one process on one CPU; Ray workers get 1 thread per CPU too
     data_dir = args.data_dir or os.path.join(
-        tempfile.gettempdir(), "stpa-bench", f"ucf101-320x240-{args.num_videos}v-{args.num_frames}f"
+        tempfile.gettempdir(),
+        "stpa-bench",
+        f"ucf101-320x240-{args.num_videos}v-{args.num_frames}f-m{schema.MANIFEST_VERSION}",
     )
     if args.repeat < 1 or args.rounds < 1:
         raise SystemExit("--repeat and --rounds must be >= 1")
     manifest_uri = prepare_data(data_dir, args.num_videos, args.num_frames)
     table = repeat_rows(pq.read_table(manifest_uri), args.repeat)
-    rows = table.select([schema.VIDEO_URI, schema.NUM_FRAMES, schema.DECODE_METHOD]).to_pylist()
+    rows = table.select(
+        [schema.VIDEO_URI, schema.NUM_FRAMES, schema.DECODE_METHOD, schema.FRAME_INDEX]
+    ).to_pylist()
     methods = {m: sum(r[schema.DECODE_METHOD] == m for r in rows) for m in schema.DECODE_METHODS}
     print(
         f"videos: {len(rows) // args.repeat} x {args.num_frames} frames, 320x240 MPEG-4 AVI, each decoded "

@@ -55,15 +55,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.clips.preview import inspect_video
+    from pipeline.video.decode import VideoDecodeError
 
-    info = inspect_video(
-        args.video,
-        num_segments=args.num_segments,
-        frames_per_segment=args.frames_per_segment,
-        size=args.size,
-        out=args.out,
-        contact_sheet=args.contact_sheet,
-    )
+    try:
+        info = inspect_video(
+            args.video,
+            num_segments=args.num_segments,
+            frames_per_segment=args.frames_per_segment,
+            size=args.size,
+            out=args.out,
+            contact_sheet=args.contact_sheet,
+        )
+    except VideoDecodeError as error:
+        print(f"stpa inspect: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(info, indent=2))
     return 0
 

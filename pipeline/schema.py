@@ -11,14 +11,16 @@ Manifest (Parquet, one row per video, one file per split: ``<out>/train.parquet`
     labels          list<int32> 0-based class indices (multi-label datasets: Charades); may be empty
     segments        list<struct<label: int32, start: float32, end: float32>>  Charades actions, seconds
     duration        float64     seconds (Charades ``length``; probed duration elsewhere)
-    num_frames      int64       frames of a sequential decode from the start (what PyAV yields)
+    num_frames      int64       frames of the main video stream (``pipeline.video.decode``'s "frame i")
     fps             float64     average frame rate
-    width, height   int32       decoded frame size in pixels
-    decode_method   string      how to decode this file so that frame i is the i-th frame of a sequential
-                                decode: one of DECODE_METHODS (decided when the manifest is prepared)
+    width, height   int32       frame size in pixels, display orientation (what the reader returns)
+    decode_method   string      how the reader gets frame i exactly: one of DECODE_METHODS
+    frame_index     binary      the video's frame index (``pipeline.video.decode.index_to_bytes``): timestamps and
+                                keyframes, what the reader needs to seek exactly without indexing the file again
 
 Schema metadata (bytes keys): ``stpa.dataset`` (e.g. ``ucf101``), ``stpa.class_names`` (JSON list, index = label),
-``stpa.multi_label`` (``"true"``/``"false"``), ``stpa.split`` (official split number as a string).
+``stpa.multi_label`` (``"true"``/``"false"``), ``stpa.split`` (official split number as a string),
+``stpa.manifest_version`` (``MANIFEST_VERSION``; a manifest of another version must be prepared again).
 
 Clip batch (numpy dict, as yielded by Ray Data ``iter_batches(batch_format="numpy")``):
 
@@ -49,14 +51,16 @@ FPS: Final = "fps"
 WIDTH: Final = "width"
 HEIGHT: Final = "height"
 DECODE_METHOD: Final = "decode_method"
+FRAME_INDEX: Final = "frame_index"
 
 SPLITS: Final = ("train", "test")
 
-# decord with sparse random access is right for most files; "decord_sequential" reads every frame from the
-# start with decord (H.264-in-AVI with B-frames gives wrong frames on sparse access); "pyav" decodes
-# sequentially with PyAV (files where decord's frame indices are offset, e.g. MPEG-PS starting late, or
-# files decord cannot open).
-DECODE_METHODS: Final = ("decord", "decord_sequential", "pyav")
+# "seek": PyAV seeks to the keyframe before the wanted frame's timestamp and decodes forward to it (exact by
+# construction); "decord": decord's sparse reads, only where a structural rule shows them exact; "sequential": a
+# decode from the start, for files whose timestamps cannot index frames (pipeline.video.decode).
+DECODE_METHODS: Final = ("seek", "decord", "sequential")
+# 2: decode methods of pipeline.video.decode and the frame_index column (1: decord/decord_sequential/pyav).
+MANIFEST_VERSION: Final = 2
 
 SEGMENT_TYPE: Final = pa.struct([("label", pa.int32()), ("start", pa.float32()), ("end", pa.float32())])
 
@@ -71,6 +75,7 @@ MANIFEST_SCHEMA_COMMON: Final = pa.schema(
         (WIDTH, pa.int32()),
         (HEIGHT, pa.int32()),
         (DECODE_METHOD, pa.string()),
+        (FRAME_INDEX, pa.binary()),
     ]
 )
 SINGLE_LABEL_FIELDS: Final = [pa.field(LABEL, pa.int64())]
@@ -83,6 +88,7 @@ META_DATASET: Final = b"stpa.dataset"
 META_CLASS_NAMES: Final = b"stpa.class_names"
 META_MULTI_LABEL: Final = b"stpa.multi_label"
 META_SPLIT: Final = b"stpa.split"
+META_MANIFEST_VERSION: Final = b"stpa.manifest_version"
 
 
 def manifest_schema(dataset: str, class_names: list[str], multi_label: bool, split: int | None) -> pa.Schema:
@@ -93,6 +99,7 @@ def manifest_schema(dataset: str, class_names: list[str], multi_label: bool, spl
         META_CLASS_NAMES: json.dumps(class_names).encode(),
         META_MULTI_LABEL: b"true" if multi_label else b"false",
         META_SPLIT: str(split or "").encode(),
+        META_MANIFEST_VERSION: str(MANIFEST_VERSION).encode(),
     }
     return pa.schema(fields, metadata=metadata)
 

@@ -3,7 +3,7 @@
 ``build_clip_dataset`` turns a manifest (one row per video, ``pipeline.schema``) into a ``ray.data.Dataset`` whose
 rows are clips: ``frames`` uint8 ``(K, T, H, W, 3)`` plus ``label`` (int64) or ``labels`` (float32 multi-hot),
 ``video_id`` and ``view`` (see ``pipeline.schema``). Decoding runs in ``map_batches`` on the cluster's CPUs; each
-decode call samples frame indices (``pipeline.video.sampling``), decodes them with the manifest's ``decode_method``
+decode call samples frame indices (``pipeline.video.sampling``), reads them exactly with the manifest's ``frame_index``
 (``pipeline.video.decode.read_frames``, bytes read through fsspec) and applies the spatial transforms
 (``pipeline.video.transforms``). Training yields one row per video; test yields one row per view (temporal clip x
 spatial crop), so an epoch has exactly ``num_decodable_videos * num_views`` rows.
@@ -59,7 +59,7 @@ from pipeline import schema
 from pipeline.clips.ledger import DecodeReport
 from pipeline.data.manifest import manifest_table
 from pipeline.video import sampling, transforms
-from pipeline.video.decode import VideoDecodeError, read_frames
+from pipeline.video.decode import VideoDecodeError, VideoIndex, index_from_bytes, read_frames
 
 if TYPE_CHECKING:
     import ray.data
@@ -202,7 +202,12 @@ def make_views(
 
 
 def decode_views(
-    uri: str, num_frames: int, decode_method: str, config: ClipConfig, rng: np.random.Generator | None
+    uri: str,
+    index: VideoIndex,
+    config: ClipConfig,
+    rng: np.random.Generator | None,
+    *,
+    data: bytes | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample, decode and transform the clips of one video: what every row of the clip dataset comes from.
 
@@ -214,9 +219,9 @@ def decode_views(
         indices they were taken from.
     """
 
-    indices = sample_indices(num_frames, config, rng)  # (C, K, T)
-    unique, inverse = sampling.unique_frames(indices)  # sorted, de-duplicated: decord seeks forward only once
-    frames = read_frames(uri, unique, decode_method=decode_method)  # (U, H, W, 3)
+    indices = sample_indices(index.num_frames, config, rng)  # (C, K, T)
+    unique, inverse = sampling.unique_frames(indices)  # sorted, de-duplicated: the reader seeks forward only
+    frames = read_frames(uri, unique, index=index, data=data)  # (U, H, W, 3)
     if frames.shape[0] != len(unique):
         raise VideoDecodeError(uri, f"decoder returned {frames.shape[0]} frames, {len(unique)} requested")
     return make_views(frames, inverse, config, rng), indices
@@ -235,8 +240,7 @@ def decode_clip_batch(
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
-        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``DECODE_METHOD`` and the label
-            column).
+        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``FRAME_INDEX`` and the label column).
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
         num_classes: Classes of a multi-label manifest (None for single-label).
@@ -251,8 +255,7 @@ def decode_clip_batch(
 
     ids = batch.column(schema.VIDEO_ID).to_pylist()
     uris = batch.column(schema.VIDEO_URI).to_pylist()
-    frame_counts = batch.column(schema.NUM_FRAMES).to_pylist()
-    methods = batch.column(schema.DECODE_METHOD).to_pylist()
+    frame_indices = batch.column(schema.FRAME_INDEX).to_pylist()
     multi_label = num_classes is not None
     labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
     if not config.train:
@@ -263,15 +266,15 @@ def decode_clip_batch(
         epochs = [epoch] * len(ids)
 
     frames, out_labels, out_ids, out_views, failures = [], [], [], [], []
-    for video_id, uri, num_frames, method, label, video_epoch in zip(
-        ids, uris, frame_counts, methods, labels, epochs, strict=True
+    for video_id, uri, frame_index, label, video_epoch in zip(
+        ids, uris, frame_indices, labels, epochs, strict=True
     ):
         rng = sampling.clip_rng(config.seed, video_epoch, video_id) if config.train else None
         try:
-            if not num_frames or num_frames < 1:
-                raise VideoDecodeError(uri, f"manifest gives no frame count ({num_frames!r})")
-            views, _ = decode_views(uri, num_frames, method, config, rng)
-        except (VideoDecodeError, OSError) as e:
+            if not frame_index:
+                raise VideoDecodeError(uri, "the manifest gives no frame index")
+            views, _ = decode_views(uri, index_from_bytes(uri, frame_index), config, rng)
+        except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             if config.strict:
                 raise RuntimeError(f"video {video_id} ({uri}) could not be decoded: {reason}") from e
@@ -312,6 +315,21 @@ def _label_value(label, num_classes: int | None, video_id: str):
     return hot
 
 
+def _check_one_frame_size(table: pa.Table) -> None:
+    """``crop_size=None`` keeps each video's frame size; a batch's ``frames`` column has one shape, so the
+    manifest's videos must share one size (refused here, before any decoding, rather than failing a decode block
+    on a numpy concatenation that names no video)."""
+    widths, heights = table.column(schema.WIDTH).to_pylist(), table.column(schema.HEIGHT).to_pylist()
+    sizes = sorted(set(zip(widths, heights, strict=True)))
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
+        raise ValueError(
+            f"ClipConfig(crop_size=None) keeps each video's frame size, but the manifest's videos come in "
+            f"{len(sizes)} sizes ({shown}): clips of different sizes cannot share a batch. Set crop_size "
+            "(for example crop_size=short_side, a centre crop), or give the videos one size"
+        )
+
+
 # --- the dataset -------------------------------------------------------------------------------------------------
 def build_clip_dataset(
     manifest: str | pa.Table,
@@ -346,12 +364,12 @@ def build_clip_dataset(
     if not ray.is_initialized():
         ray.init()  # what Ray Data does on first use; needed earlier here for the ledger and the CPU count
     table = manifest_table(manifest)
+    if config.crop_size is None:
+        _check_one_frame_size(table)
     multi_label = schema.LABELS in table.column_names
     num_classes = len(schema.class_names_of(table.schema)) if multi_label else None
     label_column = schema.LABELS if multi_label else schema.LABEL
-    table = table.select(
-        [schema.VIDEO_ID, schema.VIDEO_URI, schema.NUM_FRAMES, schema.DECODE_METHOD, label_column]
-    )
+    table = table.select([schema.VIDEO_ID, schema.VIDEO_URI, schema.FRAME_INDEX, label_column])
     if config.train:
         # Manifests list videos class by class; a block (and so a batch) of consecutive rows would hold one class.
         # With a fixed epoch, the order is drawn per epoch; with epoch=None (one dataset re-iterated by Ray Train),

@@ -1,7 +1,7 @@
 """``stpa inspect``: decode one clip of a video exactly as the model sees it at test time.
 
-The video is probed as ``stpa prepare`` probes it (``pipeline.video.decode.probe_video``: frame count by a sequential
-decode, and the decode method that returns the right frames), then one clip is decoded with the test-time
+The video is indexed as ``stpa prepare`` indexes it (``pipeline.video.decode.index_video``: frame timestamps and
+keyframes by demuxing, and the read method that gives exact frames), then one clip is decoded with the test-time
 sampling through ``pipeline.clips.dataset.decode_views``, the function behind every row of the Ray clip dataset.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.clips.dataset import ClipConfig, decode_views
-from pipeline.video.decode import probe_video
+from pipeline.video.decode import index_video
 
 
 def contact_sheet_png(clip: np.ndarray) -> bytes:
@@ -58,7 +58,8 @@ def inspect_video(
     Raises:
         pipeline.video.decode.VideoDecodeError: the video cannot be decoded.
     """
-    probe = probe_video(uri)
+    data = storage.read_bytes(uri)
+    probe = index_video(uri, data=data)
     config = ClipConfig(
         num_segments=num_segments,
         frames_per_segment=frames_per_segment,
@@ -66,7 +67,7 @@ def inspect_video(
         short_side=size,
         crop_size=size,
     )
-    views, indices = decode_views(uri, probe.num_frames, probe.decode_method, config, None)
+    views, indices = decode_views(uri, probe, config, None, data=data)
     clip = views[0]  # (K, T, H, W, 3): the single test view
     if out is not None:
         buffer = io.BytesIO()
@@ -81,7 +82,8 @@ def inspect_video(
         "width": probe.width,
         "height": probe.height,
         "duration": probe.duration,
-        "decode_method": probe.decode_method,
+        "decode_method": probe.method,
+        "rotation": probe.rotation,
         "decode_note": probe.note,
         "frame_indices": indices[0].tolist(),
         "shape": list(clip.shape),

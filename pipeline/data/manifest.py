@@ -31,6 +31,7 @@ def read_manifest(uri: str) -> tuple[pa.Table, list[str]]:
     except ValueError as error:
         raise ValueError(f"{uri}: {error}") from None
     metadata = table.schema.metadata
+    _check_version(uri, metadata)
     dataset = metadata.get(schema.META_DATASET, b"").decode()
     split_text = metadata.get(schema.META_SPLIT, b"").decode()
     multi_label = schema.is_multi_label(table.schema)
@@ -63,6 +64,15 @@ def read_manifest(uri: str) -> tuple[pa.Table, list[str]]:
     return table, class_names
 
 
+def _check_version(where: str, metadata: dict[bytes, bytes]) -> None:
+    found = metadata.get(schema.META_MANIFEST_VERSION, b"1").decode()
+    if found != str(schema.MANIFEST_VERSION):
+        raise ValueError(
+            f"{where}: manifest version {found}, this version of stpa reads version {schema.MANIFEST_VERSION} "
+            "(frame indices made by demuxing, exact seeking): prepare it again with `stpa prepare`"
+        )
+
+
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
@@ -73,7 +83,15 @@ def manifest_table(manifest: str | pa.Table) -> pa.Table:
     else:
         fs, path = storage.filesystem(manifest)
         table, where = pq.read_table(path, filesystem=fs), storage.normalize_uri(manifest)
-    required = [schema.VIDEO_ID, schema.VIDEO_URI, schema.NUM_FRAMES, schema.DECODE_METHOD]
+    if table.schema.metadata and schema.META_CLASS_NAMES in table.schema.metadata:
+        _check_version(where, table.schema.metadata)
+    required = [
+        schema.VIDEO_ID,
+        schema.VIDEO_URI,
+        schema.NUM_FRAMES,
+        schema.DECODE_METHOD,
+        schema.FRAME_INDEX,
+    ]
     missing = [c for c in required if c not in table.column_names]
     if schema.LABEL not in table.column_names and schema.LABELS not in table.column_names:
         missing.append(f"{schema.LABEL} or {schema.LABELS}")

@@ -1,15 +1,16 @@
 """Official annotation files -> Parquet manifests, one per split, plus a report of what was left out and why.
 
 ``prepare_manifest`` parses a dataset's annotation files (``pipeline.data.datasets``), checks that every listed video
-exists (one recursive listing of the videos folder, not one request per file), probes each video with
-``pipeline.video.decode.probe_video`` (frame count by a sequential decode, fps, size, and the decode method that returns
-the right frames), and writes through fsspec:
+exists (one recursive listing of the videos folder, not one request per file), indexes each video with
+``pipeline.video.decode.index_video`` (by demuxing: every frame's timestamp, the keyframes, fps, size in display
+orientation, and the read method that gives exact frames), and writes through fsspec:
 
     <out>/train.parquet, <out>/test.parquet   columns and schema metadata of ``pipeline.schema.manifest_schema``
     <out>/report.json                          counts per split, missing and unreadable videos with reasons,
                                                decode-method counts (``PrepareReport.to_dict``)
 
-Missing and unreadable videos are left out of the manifests and listed in the report, never dropped silently.
+Missing and unreadable videos are left out of the manifests and listed in the report, never dropped silently:
+whatever goes wrong with one video stays with that video (the report says what), the others are written.
 
 Probing runs in parallel: a local thread pool for fewer than ``RAY_MIN_VIDEOS`` videos, Ray tasks above (joining
 the cluster of ``RAY_ADDRESS`` or an already initialised Ray, else starting a local one and shutting it down).
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from pipeline import schema, storage
 from pipeline.data.datasets import charades, folder, hmdb51, ucf101
 from pipeline.data.datasets.records import DatasetIndex, VideoRecord
-from pipeline.video.decode import VideoDecodeError, probe_video
+from pipeline.video.decode import VideoDecodeError, VideoIndex, index_to_bytes, index_video
 
 DATASETS = ("ucf101", "hmdb51", "charades", "folder")
 RAY_MIN_VIDEOS = 64  # below this many videos a local thread pool beats Ray's start-up (5-10 s)
@@ -76,7 +77,7 @@ class PrepareReport:
         missing: Listed videos not found under ``videos_uri``.
         unreadable: Videos found but not decodable, with the decoder's reason.
         decode_methods: Decode method -> number of videos written with it.
-        decode_notes: Video id -> why it is not decoded with plain decord (``VideoProbe.note``).
+        decode_notes: Video id -> why it is read the way it is (``VideoIndex.note``), where there is a reason.
         probe_backend: ``"threads"`` or ``"ray"``.
         num_workers: Probe parallelism used.
         seconds: Wall time of the whole preparation.
@@ -210,11 +211,11 @@ def prepare_manifest(
     missing: list[VideoProblem] = []
     found: list[tuple[VideoRecord, str]] = []
     for record in index.records:
-        uri = storage.join(videos, *record.path.split("/"))
-        if record.path in present:
-            found.append((record, uri))
+        path = present.get(record.path) or present.get(record.path.casefold())
+        if path:
+            found.append((record, storage.join(videos, *path.split("/"))))
         else:
-            missing.append(_problem(record, uri, "file not found"))
+            missing.append(_problem(record, storage.join(videos, *record.path.split("/")), "file not found"))
     if use_ray is None:
         use_ray = len(found) >= RAY_MIN_VIDEOS
     parallelism = num_workers or min(8, os.cpu_count() or 1)
@@ -247,7 +248,7 @@ def prepare_manifest(
         num_unused=index.num_unused,
         missing=missing,
         unreadable=unreadable,
-        decode_methods=dict(Counter(probe.decode_method for probe in written)),
+        decode_methods=dict(Counter(probe.method for probe in written)),
         decode_notes={
             record.video_id: probe.note
             for split_rows in rows.values()
@@ -265,6 +266,18 @@ def prepare_manifest(
             f"no video of the {' and '.join(empty)} split could be used "
             f"({len(missing)} missing, {len(unreadable)} unreadable under {videos}); see {report.report_uri}"
         )
+    if not index.multi_label and (dataset != "folder" or annotations):
+        # Split lists promise every class in both splits; a class without videos there means the archive and the
+        # lists disagree (a hash split of a user's small folders may leave a class out of test: not an error).
+        for name in schema.SPLITS:
+            counts = Counter(record.label for record, _, _ in rows[name])
+            empty_classes = [c for i, c in enumerate(index.class_names) if not counts[i]]
+            if empty_classes:
+                raise ValueError(
+                    f"class {empty_classes[0]!r} has no usable video in the {name} split"
+                    + (f" ({len(empty_classes) - 1} more classes neither)" if len(empty_classes) > 1 else "")
+                    + f": its videos are missing or unreadable under {videos}; see {report.report_uri}"
+                )
     return report
 
 
@@ -274,24 +287,33 @@ def _problem(record: VideoRecord, uri: str, reason: str) -> VideoProblem:
     )
 
 
-def _files_under(videos: str) -> set[str]:
-    """Paths (relative, ``/``-separated) of every file below ``videos``, from one recursive listing."""
+def _files_under(videos: str) -> dict[str, str]:
+    """Every file below ``videos``, from one recursive listing: its relative ``/``-separated path, found under
+    itself and under its case-folded form.
+
+    The case-folded entries match list files to archives that spell a folder differently: the official UCF101
+    lists say ``HandstandPushups/v_HandStandPushups_g01_c01.avi`` while repacked archives name the folder
+    ``HandStandPushups``. A case-folded form shared by two files matches neither.
+    """
     fs, root = storage.filesystem(videos)
     root = root.rstrip("/")
-    return {posixpath.relpath(path, root) for path in fs.find(root)}
+    paths = [posixpath.relpath(path, root) for path in fs.find(root)]
+    folded = Counter(path.casefold() for path in paths)
+    by_fold = {path.casefold(): path for path in paths if folded[path.casefold()] == 1}
+    return {**by_fold, **{path: path for path in paths}}
 
 
-ProbeResult = tuple[object | None, str]  # (VideoProbe, "") or (None, reason)
+ProbeResult = tuple[VideoIndex | None, str]  # (index, "") or (None, reason)
 
 
 def _probe_one(uri: str) -> ProbeResult:
     """Probe one video; a file that cannot be read or decoded gives ``(None, reason)``."""
 
     try:
-        return probe_video(uri), ""
+        return index_video(uri), ""
     except VideoDecodeError as error:
         return None, error.reason
-    except OSError as error:  # the store failed to serve the bytes (permissions, network)
+    except Exception as error:  # noqa: BLE001 - whatever one file does (a store's OSError, a decoder's surprise), it stays with that file
         return None, f"{type(error).__name__}: {error}"
 
 
@@ -332,7 +354,7 @@ def _probe_with_ray(uris: list[str], num_workers: int) -> list[ProbeResult]:
 def _table(
     rows: list[tuple[VideoRecord, str, object]], table_schema: pa.Schema, multi_label: bool
 ) -> pa.Table:
-    """The manifest table of one split's rows (record, video URI, VideoProbe)."""
+    """The manifest table of one split's rows (record, video URI, VideoIndex)."""
     columns: dict[str, list] = {name: [] for name in table_schema.names}
     for record, uri, probe in rows:
         columns[schema.VIDEO_ID].append(record.video_id)
@@ -344,7 +366,8 @@ def _table(
         columns[schema.FPS].append(probe.fps)
         columns[schema.WIDTH].append(probe.width)
         columns[schema.HEIGHT].append(probe.height)
-        columns[schema.DECODE_METHOD].append(probe.decode_method)
+        columns[schema.DECODE_METHOD].append(probe.method)
+        columns[schema.FRAME_INDEX].append(index_to_bytes(probe))
         if multi_label:
             columns[schema.LABELS].append(list(record.labels))
             columns[schema.SEGMENTS].append(

@@ -2,8 +2,9 @@
 
 ``STPAVideoClassifier`` wraps a trained STPANet with everything needed to score a video the way evaluation does:
 
-1. ``probe_video``: the frame count of a sequential decode and the decode method that returns the right frames
-   (decord returns wrong frames on some files, DESIGN.md "Video"): what ``stpa prepare`` stores in the manifest;
+1. ``index_video``: the frame index (timestamps and keyframes, by demuxing) and the read method that gives exact
+   frames (decord returns wrong frames on some files, DESIGN.md "Video"): what ``stpa prepare`` stores in the
+   manifest;
 2. ``decode_views`` with the run's ``test_clips``: the deterministic multi-view test sampling (temporal clips x
    spatial crops), the function behind every row of the evaluation's clip dataset;
 3. ``predict_batches``: the evaluation's scoring (ImageNet normalisation, softmax for single-label datasets,
@@ -50,7 +51,7 @@ from pipeline.config import (
 from pipeline.evaluation.evaluate import predict_batches
 from pipeline.evaluation.metrics import aggregate_views
 from pipeline.tracking.runs import process_uris
-from pipeline.video.decode import VideoDecodeError, probe_video
+from pipeline.video.decode import VideoDecodeError, index_video
 from stpa_model import STPANet
 
 VIDEO_COLUMN = "video"  # the input column and the first output column
@@ -201,11 +202,11 @@ class STPAVideoClassifier(mlflow.pyfunc.PythonModel):
 
         uri = storage.normalize_uri(video)
         try:
-            probe = probe_video(uri)
-            views, _ = decode_views(uri, probe.num_frames, probe.decode_method, self.exp.test_clips, None)
+            data = storage.read_bytes(uri)
+            views, _ = decode_views(uri, index_video(uri, data=data), self.exp.test_clips, None, data=data)
         except VideoDecodeError as error:
             raise VideoPredictionError(video, error.reason) from error
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - whatever one video does (store, decoder, transform) stays with it
             raise VideoPredictionError(video, f"{type(error).__name__}: {error}") from error
         return views
 

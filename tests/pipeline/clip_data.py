@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
+from pipeline.video.decode import index_to_bytes, index_video
 from pipeline.video.encode import index_frames, write_video
 
 WIDTH, HEIGHT = 64, 48
@@ -21,6 +22,7 @@ def write_videos(folder: str, num_videos: int, num_frames: int = 24, fps: float 
     for i in range(num_videos):
         n = num_frames + 2 * i  # different lengths, so sampled indices differ between videos
         uri = write_video(os.path.join(folder, f"v{i:02d}.mp4"), index_frames(n, WIDTH, HEIGHT, seed=i), fps)
+        index = index_video(uri)
         rows.append(
             {
                 schema.VIDEO_ID: f"v{i:02d}",
@@ -31,7 +33,8 @@ def write_videos(folder: str, num_videos: int, num_frames: int = 24, fps: float 
                 schema.FPS: fps,
                 schema.WIDTH: WIDTH,
                 schema.HEIGHT: HEIGHT,
-                schema.DECODE_METHOD: "decord",
+                schema.DECODE_METHOD: index.method,
+                schema.FRAME_INDEX: index_to_bytes(index),
                 schema.LABEL: i % 3,
             }
         )
@@ -52,7 +55,8 @@ def write_corrupt(folder: str, video_id: str) -> dict:
         schema.FPS: 8.0,
         schema.WIDTH: WIDTH,
         schema.HEIGHT: HEIGHT,
-        schema.DECODE_METHOD: "decord",
+        schema.DECODE_METHOD: "seek",
+        schema.FRAME_INDEX: None,  # a file that is not a video has no index (prepare leaves it out)
         schema.LABEL: 0,
     }
 

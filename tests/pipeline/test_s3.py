@@ -68,11 +68,11 @@ def test_prepare_on_s3_end_to_end(s3_endpoint: str, tmp_path: Path) -> None:
 
     video_module = pytest.importorskip("pipeline.video.decode")
     row = table.slice(0, 1).to_pylist()[0]
-    frames = video_module.read_frames(
-        row[schema.VIDEO_URI], [0, row[schema.NUM_FRAMES] - 1], decode_method=row[schema.DECODE_METHOD]
-    )
+    index = video_module.index_from_bytes(row[schema.VIDEO_URI], row[schema.FRAME_INDEX])
+    frames = video_module.read_frames(row[schema.VIDEO_URI], [0, row[schema.NUM_FRAMES] - 1], index=index)
     assert frames.shape == (2, 48, 64, 3)
+    local_path = str(local / "UCF-101" / row[schema.VIDEO_URI].split("/UCF-101/")[1])
     local_frames = video_module.read_frames(
-        str(local / "UCF-101" / row[schema.VIDEO_URI].split("/UCF-101/")[1]), [0, row[schema.NUM_FRAMES] - 1]
+        local_path, [0, row[schema.NUM_FRAMES] - 1], index=video_module.index_video(local_path)
     )
     assert (frames == local_frames).all()  # the same bytes, read from the object store

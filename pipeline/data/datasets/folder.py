@@ -42,6 +42,9 @@ VIDEO_EXTENSIONS = (
     ".flv",
     ".3gp",
     ".ogv",
+    ".ts",  # MPEG transport streams: camcorders (.mts, .m2ts), broadcast recordings, joined clips
+    ".mts",
+    ".m2ts",
 )
 
 

@@ -11,6 +11,7 @@ from pipeline import schema
 from pipeline.clips.dataset import ClipConfig, build_clip_dataset, sample_indices
 from pipeline.clips.ledger import DecodeReport
 from pipeline.video import sampling
+from pipeline.video.decode import DECORD, SEEK, SEQUENTIAL, index_from_bytes, index_to_bytes
 from tests.pipeline import clip_data
 
 pytestmark = pytest.mark.slow
@@ -50,9 +51,12 @@ def test_config_validation():
 
 def test_test_mode_rows_hold_exactly_the_sampled_frames(ray_local, videos):
     _, rows = videos
+    # Each read method through the dataset: the manifest's decode_method only reports, the index decides.
+    indexes = [index_from_bytes(r[schema.VIDEO_URI], r[schema.FRAME_INDEX]) for r in rows]
+    methods = [SEEK, SEQUENTIAL, SEEK, SEQUENTIAL, DECORD, SEEK]
     rows = [
-        dict(r, decode_method=m)
-        for r, m in zip(rows, ["decord", "pyav", "decord_sequential"] * 2, strict=True)
+        dict(r, **{schema.FRAME_INDEX: index_to_bytes(dataclasses.replace(index, method=m))})
+        for r, index, m in zip(rows, indexes, methods, strict=True)
     ]
     out = collect(build_clip_dataset(clip_data.manifest_table(rows), TEST_KEEP_SIZE))
     assert out[schema.FRAMES].dtype == np.uint8
@@ -186,3 +190,10 @@ def test_training_rows_are_shuffled_across_decode_blocks(ray_local, videos):
     assert sorted(blocks) != sorted(consecutive), (
         "decode blocks are runs of consecutive (same-class) manifest rows"
     )
+
+
+def test_whole_frames_of_videos_of_different_sizes_are_refused_before_decoding(videos):
+    _, rows = videos
+    rows = [rows[0], dict(rows[1], **{schema.WIDTH: 96, schema.HEIGHT: 48})]
+    with pytest.raises(ValueError, match=r"2 sizes \(64x48, 96x48\).*Set crop_size"):
+        build_clip_dataset(clip_data.manifest_table(rows), TEST_KEEP_SIZE)

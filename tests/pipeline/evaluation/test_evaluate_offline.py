@@ -12,6 +12,7 @@ from pipeline.clips.dataset import decode_views
 from pipeline.clips.ledger import DecodeReport
 from pipeline.evaluation.evaluate import evaluate_weights
 from pipeline.presets import preset
+from pipeline.video.decode import index_video
 from pipeline.video.transforms import frames_to_model_input
 from stpa_model import STPANet
 from tests.pipeline.clip_data import manifest_table, write_corrupt, write_manifest, write_videos
@@ -43,7 +44,8 @@ def test_every_view_scored_once_and_equal_to_a_plain_loop(ray_local, tmp_path):
 
     expected = {}
     for row in rows[:7]:
-        clips, _ = decode_views(row[schema.VIDEO_URI], row[schema.NUM_FRAMES], "decord", exp.test_clips, None)
+        index = index_video(row[schema.VIDEO_URI])
+        clips, _ = decode_views(row[schema.VIDEO_URI], index, exp.test_clips, None)
         with torch.no_grad():
             logits = model(frames_to_model_input(torch.from_numpy(clips))).logits
         expected[row[schema.VIDEO_ID]] = torch.softmax(logits, dim=1).numpy()  # (V, C)

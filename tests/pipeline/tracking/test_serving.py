@@ -28,7 +28,7 @@ from pipeline.evaluation.evaluate import compute_metrics, predict_batches
 from pipeline.presets import preset, smoke
 from pipeline.tracking.runs import process_uris
 from pipeline.tracking.serving import ERROR_COLUMN, VIDEO_COLUMN, STPAVideoClassifier, VideoPredictionError
-from pipeline.video.decode import probe_video
+from pipeline.video.decode import SEQUENTIAL, index_video
 from pipeline.video.encode import index_frames, write_video
 from tests.mlflow_server import mlflow_server
 from tests.pipeline.serving_models import logged_model_run, smoke_model
@@ -89,8 +89,9 @@ def test_decode_uses_the_probed_method_on_h264_in_avi(tmp_path):
     uri = write_video(
         str(tmp_path / "h264.avi"), index_frames(48, 96, 80), 25, container_format="avi", gop_size=16
     )
-    probe = probe_video(uri)
-    reference, _ = decode_views(uri, probe.num_frames, "pyav", exp.test_clips, None)
+    index = index_video(uri)
+    assert index.method != "decord"
+    reference, _ = decode_views(uri, dataclasses.replace(index, method=SEQUENTIAL), exp.test_clips, None)
     np.testing.assert_array_equal(classifier.decode(uri), reference)
 
 
