@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import schema, storage
+from pipeline import schema
 from pipeline.clips.dataset import build_clip_dataset
+from pipeline.data.manifest import manifest_class_names
 from pipeline.evaluation.metrics import charades_submission_lines
 from pipeline.tracking.serving import log_pyfunc_model
 from pipeline.video.transforms import frames_to_model_input
@@ -143,18 +144,6 @@ def log_evaluation_artifacts(
                     path = os.path.join(out, f"attention_{video_id}.png")
                     heatmap_figure(flat, maps[0].float().cpu().numpy(), path, f"{video_id}: attention")
                     run.client.log_artifact(run.run_id, path, artifact_path="attention")
-
-
-def manifest_class_names(manifest_uri: str) -> list[str]:
-    """Class names from a manifest's Parquet schema metadata (the schema only is read, through fsspec)."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(manifest_uri)
-    with fs.open(path, "rb") as f:
-        try:
-            return schema.class_names_of(pq.read_schema(f))
-        except ValueError as error:
-            raise ValueError(f"{manifest_uri}: {error}") from None
 
 
 def log_model(uri: str, run_id: str, exp, weights_path: str, class_names: list[str] | None = None) -> str:
