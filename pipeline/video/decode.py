@@ -20,6 +20,10 @@ chosen by ``index_video`` and stored as ``VideoIndex.method``:
                   returned frame's pts is checked, so a seek that lands late is detected and retried earlier.
     "decord"      decord ``get_batch`` (sparse), only where ``decord_verdict`` finds nothing against it: a
                   structural rule on the packet scan, established by tests that read every frame's index code.
+                  Opt-in (``index_video(..., allow_decord=True)``): the exact reader costs no more CPU per clip
+                  (benchmarks/exact_read.py: 1.18x decord's clips per CPU second), and decord loads its own
+                  FFmpeg 4.1, libx264 and libvpx with RTLD_GLOBAL into the process (dmlc/decord#361, #128) and a
+                  read-ahead thread per reader, which a long-lived Ray decode worker is better without.
     "sequential"  a decode from the start, taking frames by their output position: for files whose timestamps
                   cannot give an exact index (containers that store no presentation timestamps, such as AVI,
                   with reordered frames; duplicate or missing pts; first decoded frames whose pts are not the
@@ -303,12 +307,13 @@ def _timestamp_problem(
     return ""
 
 
-def index_video(uri: str, *, data: bytes | None = None) -> VideoIndex:
+def index_video(uri: str, *, data: bytes | None = None, allow_decord: bool = False) -> VideoIndex:
     """Index a video by demuxing its main stream (see the module docstring).
 
     Args:
         uri: fsspec URI or local path of the video.
         data: The file's bytes when the caller already read them.
+        allow_decord: Choose "decord" where ``decord_verdict`` allows it (otherwise "seek" there too).
 
     Returns:
         The frames' timestamps, keyframes, size in display orientation, rotation and the read method.
@@ -378,11 +383,11 @@ def index_video(uri: str, *, data: bytes | None = None) -> VideoIndex:
     )
     if method == SEEK:
         verdict = decord_verdict(index)
-        if not verdict:
+        if not verdict and allow_decord:
             return _replace(
                 index, method=DECORD, note="decord's sparse reads are exact here (decord_verdict)"
             )
-        return _replace(index, note=f"decord not used: {verdict}")
+        return _replace(index, note=f"decord not used: {verdict}" if verdict else "")
     return index
 
 

@@ -182,10 +182,11 @@ def test_generated_every_frame(generated: dict[str, str], name: str) -> None:
 def test_decord_rule(generated: dict[str, str], name: str) -> None:
     """Files that must fail the rule fail it; where it passes, decord is exact at EVERY position."""
     path = generated[name]
-    index = index_video(path)
+    index = index_video(path, allow_decord=True)
     passes = GENERATED[name][3]
     assert (decord_verdict(index) == "") is passes, decord_verdict(index)
     assert (index.method == DECORD) is passes
+    assert index_video(path).method != DECORD  # opt-in only
     if passes:
         reader = decord.VideoReader(path, num_threads=1)
         assert len(reader) == index.num_frames
@@ -241,7 +242,7 @@ def test_ten_bit_decoders_agree_within_tolerance(generated: dict[str, str]) -> N
     """10-bit: decord and PyAV round to 8-bit RGB differently; compared with the measured tolerance (not pixel
     equality) the same frames agree, so a 10-bit file is not pushed off decord's path by a pixel comparison."""
     path = generated["h264_10bit_closed.mp4"]
-    index = index_video(path)
+    index = index_video(path, allow_decord=True)
     assert index.pixel_format == "yuv420p10le" and index.method == DECORD
     wanted = np.arange(index.num_frames)
     ours = read_frames(path, wanted, index=index, method=SEEK).astype(np.int16)
