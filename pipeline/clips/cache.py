@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the stored layout changes
+# Bump when the stored layout or what a row holds changes. 3: dense multi-label clips carry the classes of the
+# action segments they overlap, not the video's labels (pipeline.clips.dataset).
+CACHE_VERSION = 3
 SUCCESS_FILE = "_SUCCESS"
 DATA_DIR = "data"
 

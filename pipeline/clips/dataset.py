@@ -22,6 +22,14 @@ a dataset is iterated, so there are two ways to move to the next epoch:
 
 Test-mode clips do not depend on the epoch.
 
+Multi-label (Charades) labels. With TSN sampling a clip spans the whole video and carries the video's labels
+(``labels``). With dense sampling a clip covers a few seconds and carries the classes of the action ``segments``
+that overlap its time span (``view_labels``; the span, overlap and timestamp rule are in
+``pipeline.video.sampling``'s docstring), possibly none: such a clip is a negative for every class. This holds for
+training clips and for every test view (view v takes the labels of its temporal clip). Only training uses them:
+evaluation combines a video's views and scores the video against its manifest ``labels``
+(``pipeline.evaluation``), whatever the views carry.
+
 Decode failures. A video that cannot be read or decoded is dropped from its batch (never replaced) and recorded
 with its id, URI, reason and epoch in a *decode ledger*: a small Ray actor (``num_cpus=0``) owned by the process
 that built the dataset, one per process and Ray session, shared by all datasets it builds under distinct keys.
@@ -59,7 +67,7 @@ from pipeline import schema
 from pipeline.clips.ledger import DecodeReport
 from pipeline.data.manifest import manifest_table
 from pipeline.video import sampling, transforms
-from pipeline.video.decode import VideoDecodeError, VideoIndex, index_from_bytes, read_frames
+from pipeline.video.decode import SEQUENTIAL, VideoDecodeError, VideoIndex, index_from_bytes, read_frames
 
 if TYPE_CHECKING:
     import ray.data
@@ -227,6 +235,48 @@ def decode_views(
     return make_views(frames, inverse, config, rng), indices
 
 
+def frame_times_of(index: VideoIndex) -> np.ndarray:
+    """Seconds of every frame of a video, from the first frame (what clip labels are computed from).
+
+    Timestamps where they index frames (methods "seek" and "decord": ``sampling.frame_times``). A "sequential"
+    file's stored timestamps are the decoder's, possibly out of order, duplicated or frame positions
+    (``VideoIndex.pts``), so there frame i is at ``i / fps``.
+
+    Returns:
+        float64 (num_frames,).
+    """
+    if index.method == SEQUENTIAL:
+        return np.arange(index.num_frames, dtype=np.float64) / index.fps
+    return sampling.frame_times(index.pts, index.time_base)
+
+
+def view_labels(
+    indices: np.ndarray,
+    index: VideoIndex,
+    config: ClipConfig,
+    video_labels: list[int],
+    segments: list[tuple[int, float, float]],
+) -> list[list[int]]:
+    """The classes of every view of one multi-label video.
+
+    Args:
+        indices: int64 (C, K, T), the frame indices its views were taken from (``decode_views``).
+        index: The video's frame index (frame timestamps).
+        config: Sampling settings: TSN clips span the whole video, dense clips a few seconds.
+        video_labels: The video's classes (manifest ``labels``).
+        segments: Its actions, ``(class, start, end)`` in seconds (manifest ``segments``).
+
+    Returns:
+        ``config.num_views`` sorted class lists: ``video_labels`` for every view with TSN sampling; with dense
+        sampling the classes whose segments overlap the view's temporal clip (``sampling.clip_labels``).
+    """
+    if config.sampling == "tsn":
+        return [list(video_labels)] * config.num_views
+    times = frame_times_of(index)
+    per_clip = [sampling.clip_labels(clip, times, segments) for clip in indices]  # (C,)
+    return [per_clip[sampling.view_to_clip_crop(v, config.test_crops)[0]] for v in range(config.num_views)]
+
+
 # --- the batch function ------------------------------------------------------------------------------------------
 def decode_clip_batch(
     batch: pa.Table,
@@ -240,7 +290,8 @@ def decode_clip_batch(
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
-        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``FRAME_INDEX`` and the label column).
+        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``FRAME_INDEX``, the label column and, for
+            multi-label manifests, ``SEGMENTS``).
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
         num_classes: Classes of a multi-label manifest (None for single-label).
@@ -258,6 +309,13 @@ def decode_clip_batch(
     frame_indices = batch.column(schema.FRAME_INDEX).to_pylist()
     multi_label = num_classes is not None
     labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
+    if multi_label:
+        segments = [
+            [(s["label"], s["start"], s["end"]) for s in row or []]
+            for row in batch.column(schema.SEGMENTS).to_pylist()
+        ]
+    else:
+        segments = [None] * len(ids)
     if not config.train:
         epochs = [0] * len(ids)
     elif epoch is None:
@@ -266,14 +324,15 @@ def decode_clip_batch(
         epochs = [epoch] * len(ids)
 
     frames, out_labels, out_ids, out_views, failures = [], [], [], [], []
-    for video_id, uri, frame_index, label, video_epoch in zip(
-        ids, uris, frame_indices, labels, epochs, strict=True
+    for video_id, uri, frame_index, label, video_segments, video_epoch in zip(
+        ids, uris, frame_indices, labels, segments, epochs, strict=True
     ):
         rng = sampling.clip_rng(config.seed, video_epoch, video_id) if config.train else None
         try:
             if not frame_index:
                 raise VideoDecodeError(uri, "the manifest gives no frame index")
-            views, _ = decode_views(uri, index_from_bytes(uri, frame_index), config, rng)
+            index = index_from_bytes(uri, frame_index)
+            views, indices = decode_views(uri, index, config, rng)
         except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             if config.strict:
@@ -284,7 +343,13 @@ def decode_clip_batch(
         frames.append(views)  # (V, K, T, S, S, 3)
         out_ids += [video_id] * len(views)
         out_views += list(range(len(views)))
-        out_labels += [_label_value(label, num_classes, video_id)] * len(views)
+        if multi_label:
+            label_sets = view_labels(indices, index, config, label or [], video_segments)
+            out_labels += [
+                _label_value(labels_of_view, num_classes, video_id) for labels_of_view in label_sets
+            ]
+        else:
+            out_labels += [_label_value(label, num_classes, video_id)] * len(views)
     if failures:
         ray.get(ledger.record.remote(key, failures))  # synchronous: recorded before this batch is delivered
 
@@ -330,6 +395,31 @@ def _check_one_frame_size(table: pa.Table) -> None:
         )
 
 
+def _check_segments_give_labels(table: pa.Table) -> None:
+    """Dense multi-label clips take their classes from ``segments``; a row whose ``labels`` are not exactly the
+    classes of its segments (a manifest made elsewhere, or without segments) would silently train on other labels
+    than its video-level ones, so it is refused before decoding."""
+    if schema.SEGMENTS not in table.column_names:
+        raise ValueError(
+            f"ClipConfig(sampling='dense') labels multi-label clips from the manifest's {schema.SEGMENTS!r} "
+            "column, which this manifest lacks: prepare it again (stpa prepare) or use sampling='tsn'"
+        )
+    rows = zip(
+        table.column(schema.VIDEO_ID).to_pylist(),
+        table.column(schema.LABELS).to_pylist(),
+        table.column(schema.SEGMENTS).to_pylist(),
+        strict=True,
+    )
+    for video_id, labels, segments in rows:
+        from_segments = sorted({s["label"] for s in segments or []})
+        if sorted(set(labels or [])) != from_segments:
+            raise ValueError(
+                f"manifest row {video_id}: labels {sorted(set(labels or []))} but its segments give "
+                f"{from_segments}; dense clips are labelled from the segments, so they must agree "
+                "(use sampling='tsn' for video-level labels)"
+            )
+
+
 # --- the dataset -------------------------------------------------------------------------------------------------
 def build_clip_dataset(
     manifest: str | pa.Table,
@@ -355,7 +445,12 @@ def build_clip_dataset(
     Returns:
         A lazy ``ray.data.Dataset``; iterate it with ``iter_batches(batch_format="numpy")`` or
         ``iter_torch_batches``. Rows: ``frames`` uint8 (K, T, S, S, 3), ``label`` int64 or ``labels`` float32
-        (num_classes,), ``video_id`` str, ``view`` int32.
+        (num_classes,) (dense multi-label clips: from the segments, see the module docstring), ``video_id`` str,
+        ``view`` int32.
+
+    Raises:
+        ValueError: With dense sampling of a multi-label manifest, a row whose ``labels`` are not the classes of
+            its ``segments`` (or no ``segments`` column).
     """
     import ray
 
@@ -368,8 +463,14 @@ def build_clip_dataset(
         _check_one_frame_size(table)
     multi_label = schema.LABELS in table.column_names
     num_classes = len(schema.class_names_of(table.schema)) if multi_label else None
-    label_column = schema.LABELS if multi_label else schema.LABEL
-    table = table.select([schema.VIDEO_ID, schema.VIDEO_URI, schema.FRAME_INDEX, label_column])
+    if multi_label and config.sampling == "dense":
+        _check_segments_give_labels(table)
+    label_columns = [schema.LABELS, schema.SEGMENTS] if multi_label else [schema.LABEL]
+    if (
+        multi_label and schema.SEGMENTS not in table.column_names
+    ):  # TSN: segments unused, but one batch layout
+        table = table.append_column(schema.SEGMENTS, pa.nulls(table.num_rows, pa.list_(schema.SEGMENT_TYPE)))
+    table = table.select([schema.VIDEO_ID, schema.VIDEO_URI, schema.FRAME_INDEX, *label_columns])
     if config.train:
         # Manifests list videos class by class; a block (and so a batch) of consecutive rows would hold one class.
         # With a fixed epoch, the order is drawn per epoch; with epoch=None (one dataset re-iterated by Ray Train),

@@ -27,11 +27,29 @@ same). Videos with fewer than K starts (``1 <= L < K`` in TSN) give segments tha
 
 Multi-view test: ``num_clips`` temporal clips x ``num_crops`` spatial crops; view ``v`` is temporal clip
 ``v // num_crops`` and spatial crop ``v % num_crops`` (clip-major order).
+
+Clip labels from action segments (Charades: each action is a ``(class, start, end)`` segment in seconds):
+    Times. Frame i is at ``t_i = (pts_i - pts_0) * time_base`` seconds (``frame_times``): its presentation
+    timestamp relative to the first frame's, so a variable frame rate or a stream that starts late changes
+    nothing (``i / fps`` would be wrong on both).
+    Span. A clip covers ``[a, b]``: ``a`` the time of its first sampled frame, ``b`` of its last, both included;
+    the last frame's display duration is not added (a frame shows one instant; frames between the sampled ones
+    count, only the ends matter).
+    Overlap. A segment ``[s, e]`` gives the clip its class iff ``s < b and e > a and s < e``: some instant of the
+    span lies strictly inside the action. That is the official Charades per-frame rule ``start < t < end``
+    applied to every instant of the span, so at the boundaries it agrees with it: a clip that ends exactly where
+    an action starts, or starts exactly where one ends, does not get it; an action with ``start == end`` labels
+    no clip. Times are compared in float32, the manifest's precision for segment bounds, so a frame at exactly
+    an annotated second is at the boundary rather than a rounding error to either side of it.
+    Result. The sorted distinct classes of the overlapping segments (``clip_labels``); none when the clip
+    overlaps no action: the clip is then a negative for every class.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -180,3 +198,55 @@ def clip_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     """
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return np.random.default_rng([seed, epoch, int.from_bytes(digest, "little")])
+
+
+def frame_times(pts: np.ndarray, time_base: Fraction) -> np.ndarray:
+    """Presentation time of every frame in seconds, from the first frame: ``(pts - pts[0]) * time_base``.
+
+    Args:
+        pts: int64 (N,) presentation timestamps of frames 0..N-1, sorted, in ``time_base`` ticks.
+        time_base: Seconds per tick.
+
+    Returns:
+        float64 (N,), 0 at frame 0.
+    """
+    ticks = np.asarray(pts, dtype=np.int64) - np.int64(pts[0])
+    return (ticks * time_base.numerator) / time_base.denominator  # exact integer product, one rounding
+
+
+def span_labels(first: float, last: float, segments: Sequence[tuple[int, float, float]]) -> list[int]:
+    """Classes of the segments that overlap the span ``[first, last]``: ``s < last and e > first and s < e``.
+
+    Args:
+        first: Time of the clip's first sampled frame, seconds.
+        last: Time of its last sampled frame, seconds (``>= first``).
+        segments: ``(class, start, end)`` actions in seconds.
+
+    Returns:
+        Sorted distinct class indices; empty when no segment overlaps.
+    """
+    a, b = np.float32(first), np.float32(last)
+    overlapping = set()
+    for c, s, e in segments:
+        s, e = np.float32(s), np.float32(e)
+        if s < b and e > a and s < e:  # some t in [a, b] with s < t < e (Charades' per-frame rule)
+            overlapping.add(int(c))
+    return sorted(overlapping)
+
+
+def clip_labels(
+    indices: np.ndarray, times: np.ndarray, segments: Sequence[tuple[int, float, float]]
+) -> list[int]:
+    """Classes of one clip from the action segments (the rule of the module docstring).
+
+    Args:
+        indices: int64 frame indices of the clip, any shape (e.g. ``(K, T)``).
+        times: float64 (N,) seconds of every frame of the video (``frame_times``).
+        segments: ``(class, start, end)`` actions in seconds.
+
+    Returns:
+        Sorted distinct class indices whose segments overlap the span from the earliest to the latest sampled
+        frame; empty when none does.
+    """
+    indices = np.asarray(indices)
+    return span_labels(float(times[indices.min()]), float(times[indices.max()]), segments)

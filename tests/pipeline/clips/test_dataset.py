@@ -197,3 +197,87 @@ def test_whole_frames_of_videos_of_different_sizes_are_refused_before_decoding(v
     rows = [rows[0], dict(rows[1], **{schema.WIDTH: 96, schema.HEIGHT: 48})]
     with pytest.raises(ValueError, match=r"2 sizes \(64x48, 96x48\).*Set crop_size"):
         build_clip_dataset(clip_data.manifest_table(rows), TEST_KEEP_SIZE)
+
+
+# Charades-like actions of the 8 fps test videos (3.0 to 4.25 s long): a gap of 0.5 s, actions that meet at 1.0 s
+# and 3.0 s, class 4 nowhere.
+CFR_ACTIONS = [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.5, 3.0), (3, 3.0, 6.0)]
+# A variable-frame-rate video: 10 frames at 10 fps, a 2.1 s pause, 10 more (average 5 fps): frame 10 is at 3.0 s.
+VFR_MS = [i * 100 for i in range(10)] + [3000 + i * 100 for i in range(10)]
+VFR_ACTIONS = [(0, 0.0, 0.5), (1, 1.0, 2.9), (2, 3.5, 4.0)]
+
+
+def overlapping(first: float, last: float, actions: list[tuple[int, float, float]]) -> list[int]:
+    """The rule written out: classes with an instant of [first, last] strictly inside the action (no frame time
+    here is within float32 rounding of an action bound, so float64 comparisons are exact)."""
+    return sorted({c for c, s, e in actions if s < e and s < last and e > first})
+
+
+@pytest.fixture(scope="module")
+def charades_like(videos, tmp_path_factory):
+    """6 constant-rate videos and one VFR video with Charades-like actions, and each video's frame times."""
+    _, rows = videos
+    vfr = clip_data.write_vfr_video(str(tmp_path_factory.mktemp("vfr")), "vfr", VFR_MS)
+    rows = clip_data.multi_label_rows([*rows, vfr], None, [CFR_ACTIONS] * len(rows) + [VFR_ACTIONS])
+    times = {r[schema.VIDEO_ID]: np.arange(r[schema.NUM_FRAMES]) / 8.0 for r in rows[:-1]}
+    times["vfr"] = np.array(VFR_MS) / 1000.0
+    return rows, times
+
+
+def test_dense_training_clips_take_the_labels_of_their_segments(ray_local, charades_like):
+    rows, times = charades_like
+    table = clip_data.manifest_table(rows, num_classes=5, multi_label=True)
+    config = dataclasses.replace(TRAIN, num_segments=2, sampling="dense", stride=2)  # 3-frame spans
+    actions = {
+        r[schema.VIDEO_ID]: [(s["label"], s["start"], s["end"]) for s in r[schema.SEGMENTS]] for r in rows
+    }
+    seen = []
+    for epoch in range(3):
+        out = collect(build_clip_dataset(table, config, epoch=epoch))
+        assert out[schema.LABELS].shape == (7, 5)
+        for video_id, hot in zip(out[schema.VIDEO_ID], out[schema.LABELS], strict=True):
+            # The clip's frames: the same draws as the decode task (sampling first, from the video's generator).
+            rng = sampling.clip_rng(config.seed, epoch, video_id)
+            indices = sample_indices(len(times[video_id]), config, rng)
+            first, last = times[video_id][indices.min()], times[video_id][indices.max()]
+            expected = overlapping(first, last, actions[video_id])
+            assert np.flatnonzero(hot).tolist() == expected, (video_id, epoch, first, last)
+            seen.append(expected)
+    # Not the video labels: clips in the gap (no class), within one action and across two occur.
+    assert [] in seen and [0] in seen and any(len(s) == 2 for s in seen)
+
+
+def test_dense_test_views_take_the_labels_of_their_clips(ray_local, charades_like):
+    rows, times = charades_like
+    table = clip_data.manifest_table(rows, num_classes=5, multi_label=True)
+    config = ClipConfig(
+        num_segments=1,
+        frames_per_segment=4,
+        sampling="dense",
+        stride=2,
+        train=False,
+        short_side=None,
+        crop_size=None,
+        num_test_clips=3,
+    )
+    out = collect(build_clip_dataset(table, config))
+    actions = {
+        r[schema.VIDEO_ID]: [(s["label"], s["start"], s["end"]) for s in r[schema.SEGMENTS]] for r in rows
+    }
+    for video_id, clip, hot in zip(out[schema.VIDEO_ID], out[schema.FRAMES], out[schema.LABELS], strict=True):
+        decoded = clip_data.frame_indices_of(clip)  # the frames the view really holds
+        first, last = times[video_id][decoded.min()], times[video_id][decoded.max()]
+        assert np.flatnonzero(hot).tolist() == overlapping(first, last, actions[video_id]), video_id
+    # The VFR video's clips (frames 2-8, 7-13, 11-17) by timestamps; i / fps (5 fps) would give [0, 1], [1], [1].
+    vfr = out[schema.LABELS][out[schema.VIDEO_ID] == "vfr"]
+    assert [np.flatnonzero(hot).tolist() for hot in vfr] == [[0], [1], [2]]
+
+
+def test_dense_multi_label_manifest_whose_labels_disagree_with_its_segments_is_refused(ray_local, videos):
+    _, rows = videos
+    rows = clip_data.multi_label_rows(rows[:2], [[0], [1]])
+    rows[1][schema.LABELS] = [1, 2]  # class 2 has no segment
+    table = clip_data.manifest_table(rows, num_classes=3, multi_label=True)
+    with pytest.raises(ValueError, match=r"v01: labels \[1, 2\] but its segments give \[1\]"):
+        build_clip_dataset(table, dataclasses.replace(TRAIN, sampling="dense"))
+    build_clip_dataset(table, TRAIN)  # TSN uses the video labels: nothing to check

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -123,3 +124,77 @@ def test_views_and_unique_frames():
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+# --- clip labels from action segments (rule in pipeline/video/sampling.py's docstring) ----------------------------
+TEN_FPS = sampling.frame_times(np.arange(100) * 100, Fraction(1, 1000))  # frame i at i / 10 s, exactly
+ACTIONS = [(3, 1.0, 4.0), (5, 5.0, 8.0)]  # a gap with no action in (4.0, 5.0)
+
+
+def frames(first: int, last: int) -> np.ndarray:
+    return np.arange(first, last + 1).reshape(1, -1)  # (K=1, T)
+
+
+def test_frame_times_are_pts_seconds_from_the_first_frame():
+    # An MPEG-PS stream starting at 0.54 s (48600 in 1/90000 s) at 25 fps: frame 2 is 0.08 s after frame 0.
+    times = sampling.frame_times(np.array([48600, 52200, 55800]), Fraction(1, 90000))
+    assert times.dtype == np.float64
+    np.testing.assert_allclose(times, [0.0, 0.04, 0.08], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "expected"),
+    [
+        (20, 30, [3]),  # 2.0-3.0 s, inside the first action only
+        (35, 55, [3, 5]),  # 3.5-5.5 s, across both actions
+        (42, 48, []),  # 4.2-4.8 s, in the gap: a negative for every class
+        (40, 50, []),  # 4.0-5.0 s: starts where action 3 ends and ends where action 5 starts (strict)
+        (39, 49, [3]),  # 3.9-4.9 s: one frame earlier, inside action 3's end
+        (41, 51, [5]),  # 4.1-5.1 s: one frame later, past action 5's start
+        (0, 10, []),  # 0.0-1.0 s: ends exactly where action 3 starts
+        (80, 90, []),  # 8.0-9.0 s: starts exactly where action 5 ends
+        (79, 79, [5]),  # a one-frame span at 7.9 s, strictly inside action 5
+        (50, 50, []),  # a one-frame span at 5.0 s, action 5's start
+        (0, 99, [3, 5]),  # the whole video
+    ],
+)
+def test_clip_labels_exact_spans(first, last, expected):
+    assert sampling.clip_labels(frames(first, last), TEN_FPS, ACTIONS) == expected
+
+
+def test_clip_span_is_first_to_last_sampled_frame_of_any_layout():
+    # Dense (K=2, T=3) at stride 4 from frame 18: 1.8 s to 3.8 s; only the ends matter.
+    indices = sampling.windows(np.array([18]), 6, 4, 100).reshape(2, 3)
+    np.testing.assert_array_equal(indices, [[18, 22, 26], [30, 34, 38]])
+    assert sampling.clip_labels(indices, TEN_FPS, [(1, 3.8, 5.0)]) == []  # starts at the last frame
+    assert sampling.clip_labels(indices, TEN_FPS, [(1, 3.7, 5.0)]) == [1]
+    assert sampling.clip_labels(indices, TEN_FPS, [(2, 0.0, 1.8)]) == []  # ends at the first frame
+    assert sampling.clip_labels(indices, TEN_FPS, [(2, 0.0, 1.85)]) == [2]
+    assert sampling.clip_labels(indices, TEN_FPS, [(4, 2.5, 2.55)]) == [4]  # between two sampled frames
+
+
+def test_boundaries_compare_at_the_manifests_float32_precision():
+    # The manifest stores float32 seconds: float32(1.3) is below 1.3 and float32(2.2) above 2.2, so compared with
+    # the float64 times of frames 13 (1.3 s) and 22 (2.2 s) both boundaries would fall on the wrong side.
+    assert np.float32(1.3) < TEN_FPS[13] and np.float32(2.2) > TEN_FPS[22]
+    segment = [(7, float(np.float32(1.3)), float(np.float32(2.2)))]
+    assert sampling.clip_labels(frames(2, 13), TEN_FPS, segment) == []  # ends exactly at the start
+    assert sampling.clip_labels(frames(2, 14), TEN_FPS, segment) == [7]
+    assert sampling.clip_labels(frames(22, 30), TEN_FPS, segment) == []  # starts exactly at the end
+    assert sampling.clip_labels(frames(21, 30), TEN_FPS, segment) == [7]
+
+
+def test_zero_length_action_and_duplicates():
+    assert sampling.span_labels(0.0, 10.0, [(2, 4.0, 4.0)]) == []  # no instant strictly inside
+    assert sampling.span_labels(0.0, 10.0, [(2, 1.0, 2.0), (2, 3.0, 4.0), (0, 5.0, 6.0)]) == [0, 2]
+
+
+def test_variable_frame_rate_uses_timestamps_not_index_over_fps():
+    # 10 frames at 10 fps, a 2.1 s pause, 10 more: frame 10 is at 3.0 s. The average rate is 20 / 4 = 5 fps.
+    pts_ms = [i * 100 for i in range(10)] + [3000 + i * 100 for i in range(10)]
+    times = sampling.frame_times(np.array(pts_ms), Fraction(1, 1000))
+    by_index = np.arange(20) / 5.0  # i / fps: frame 10 at 2.0 s, frame 15 at 3.0 s
+    actions = [(2, 3.2, 4.0), (6, 1.0, 2.2)]
+    clip = frames(10, 15)
+    assert sampling.clip_labels(clip, times, actions) == [2]  # 3.0-3.5 s
+    assert sampling.clip_labels(clip, by_index, actions) == [6]  # 2.0-3.0 s: what index / fps would give
