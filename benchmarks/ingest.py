@@ -85,7 +85,7 @@ def prepare_data(data_dir: str, num_videos: int, num_frames: int) -> str:
         storage.join(data_dir, "manifest"),
         use_ray=False,
     )
-    tables = [read_manifest(report.manifest_uris[name])[0] for name in schema.SPLITS]
+    tables = [read_manifest(uri)[0] for uri in report.manifest_uris.values()]
     table = pa.concat_tables(tables)
     pq.write_table(table, manifest_uri)
     print(f"dataset: {table.num_rows} videos written and probed in {time.perf_counter() - started:.1f}s")

@@ -27,7 +27,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if annotations is None and args.dataset != "folder":
         raise SystemExit(f"stpa prepare: --annotations is required for {args.dataset}")
     report = prepare_manifest(
-        args.dataset, videos, annotations or "", args.out, split=args.split, num_workers=args.num_workers
+        args.dataset,
+        videos,
+        annotations or "",
+        args.out,
+        split=args.split,
+        num_workers=args.num_workers,
+        val_fraction=args.val_fraction,
+        val_seed=args.val_seed,
     )
     print(report.summary())
     return 0
@@ -219,7 +226,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     """``stpa prepare``."""
     p = sub.add_parser(
         "prepare",
-        help="official annotation files -> Parquet manifests (train.parquet, test.parquet, report.json)",
+        help="official annotation files -> Parquet manifests (train/val/test.parquet, report.json)",
         description="Parse a dataset's official annotation files, check and probe every listed video, and write "
         "one Parquet manifest per split. URIs may be local paths, file://, memory:// or s3:// (s3fs).",
     )
@@ -232,6 +239,14 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51: 1-3)")
     p.add_argument("--out", required=True, help="output folder (URI) for the manifests and report")
     p.add_argument("--num-workers", type=int, default=None, help="probe parallelism (default: automatic)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the official training videos carved into val.parquet (UCF101 by whole groups, HMDB51 "
+        "per class, Charades/folder by hashed id); it chooses epochs and trials. 0: none, the last epoch is kept",
+    )
+    p.add_argument("--val-seed", type=int, default=0, help="seed of the val carving's hash")
     p.set_defaults(handler=_cmd_prepare)
 
 

@@ -19,7 +19,7 @@ import torch
 from pipeline.clips.dataset import ClipConfig
 from stpa_model import ModelConfig
 
-# The metric that chooses epochs, trials and champions, per dataset (the peers' convention).
+# The metric that chooses epochs and trials (on the val split) and champions (on test), per dataset.
 PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
 
 
@@ -74,7 +74,7 @@ class TrainConfig:
     log_every_steps: int = 20
     pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
     num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
-    # Final multi-view test of the best weights inside training. Workflows turn it off and run their own
+    # Final multi-view test of the chosen weights (best on val, else the last epoch) inside training. Workflows turn it off and run their own
     # evaluate step (Ray Data batch inference: pipeline.evaluation.evaluate.evaluate_weights) instead.
     final_test: bool = True
 
@@ -100,7 +100,7 @@ class ExperimentConfig:
     dataset: str
     model: ModelConfig
     train_clips: ClipConfig
-    val_clips: ClipConfig  # per-epoch validation on the test split (usually one view: fast)
+    val_clips: ClipConfig  # per-epoch validation on the val split, which chooses the weights (one view: fast)
     test_clips: ClipConfig  # final multi-view evaluation
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -2,11 +2,13 @@
 
 This is the one place that defines them; every other module imports these names.
 
-Manifest (Parquet, one row per video, one file per split: ``<out>/train.parquet``, ``<out>/test.parquet``):
+Manifest (Parquet, one row per video, one file per split: ``<out>/train.parquet``, ``<out>/val.parquet`` (absent
+when no val split was carved), ``<out>/test.parquet``):
 
     video_id        string      unique within the dataset (file stem, e.g. ``v_ApplyEyeMakeup_g01_c01``)
     video_uri       string      absolute fsspec URI or absolute local path of the video file
-    split           string      ``"train"`` or ``"test"``
+    split           string      one of SPLITS: ``"train"``, ``"val"`` (carved from the official training list by
+                                ``pipeline.data.val_split``) or ``"test"`` (the official test list)
     label           int64       0-based class index (single-label datasets: UCF101, HMDB51, folder)
     labels          list<int32> 0-based class indices (multi-label datasets: Charades); may be empty
     segments        list<struct<label: int32, start: float32, end: float32>>  Charades actions, seconds
@@ -20,7 +22,8 @@ Manifest (Parquet, one row per video, one file per split: ``<out>/train.parquet`
 
 Schema metadata (bytes keys): ``stpa.dataset`` (e.g. ``ucf101``), ``stpa.class_names`` (JSON list, index = label),
 ``stpa.multi_label`` (``"true"``/``"false"``), ``stpa.split`` (official split number as a string),
-``stpa.manifest_version`` (``MANIFEST_VERSION``; a manifest of another version must be prepared again).
+``stpa.manifest_version`` (``MANIFEST_VERSION``; a manifest of another version must be prepared again),
+``stpa.val_split`` (JSON: how val was carved, ``pipeline.data.val_split.ValSplit``; ``""`` when not recorded).
 
 Clip batch (numpy dict, as yielded by Ray Data ``iter_batches(batch_format="numpy")``):
 
@@ -53,7 +56,8 @@ HEIGHT: Final = "height"
 DECODE_METHOD: Final = "decode_method"
 FRAME_INDEX: Final = "frame_index"
 
-SPLITS: Final = ("train", "test")
+# "val" is carved from the official training list; it chooses epochs and trials, "test" is only scored.
+SPLITS: Final = ("train", "val", "test")
 
 # "seek": PyAV seeks to the keyframe before the wanted frame's timestamp and decodes forward to it (exact by
 # construction); "decord": decord's sparse reads, only where a structural rule shows them exact; "sequential": a
@@ -89,10 +93,13 @@ META_CLASS_NAMES: Final = b"stpa.class_names"
 META_MULTI_LABEL: Final = b"stpa.multi_label"
 META_SPLIT: Final = b"stpa.split"
 META_MANIFEST_VERSION: Final = b"stpa.manifest_version"
+META_VAL_SPLIT: Final = b"stpa.val_split"
 
 
-def manifest_schema(dataset: str, class_names: list[str], multi_label: bool, split: int | None) -> pa.Schema:
-    """The Arrow schema of a manifest file, with the class names and dataset in its metadata."""
+def manifest_schema(
+    dataset: str, class_names: list[str], multi_label: bool, split: int | None, val_split: dict | None = None
+) -> pa.Schema:
+    """The Arrow schema of a manifest file, with the class names, dataset and val carving in its metadata."""
     fields = list(MANIFEST_SCHEMA_COMMON) + (MULTI_LABEL_FIELDS if multi_label else SINGLE_LABEL_FIELDS)
     metadata = {
         META_DATASET: dataset.encode(),
@@ -100,6 +107,7 @@ def manifest_schema(dataset: str, class_names: list[str], multi_label: bool, spl
         META_MULTI_LABEL: b"true" if multi_label else b"false",
         META_SPLIT: str(split or "").encode(),
         META_MANIFEST_VERSION: str(MANIFEST_VERSION).encode(),
+        META_VAL_SPLIT: json.dumps(val_split, sort_keys=True).encode() if val_split else b"",
     }
     return pa.schema(fields, metadata=metadata)
 

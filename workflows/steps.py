@@ -53,7 +53,8 @@ def make_data(ctx: StepContext) -> dict:
 
 
 def prepare(ctx: StepContext, data: dict | None = None) -> dict:
-    """Manifests (Parquet) of the official split, with every video probed; the report lists unreadable ones."""
+    """Manifests (Parquet) of the official split and a val split carved from its training list (``val_manifest``
+    None when ``val_fraction`` is 0), every video probed; the report lists unreadable ones."""
     from pipeline.data.manifest import read_manifest
     from pipeline.data.prepare import dataset_root_paths, prepare_manifest
 
@@ -61,19 +62,25 @@ def prepare(ctx: StepContext, data: dict | None = None) -> dict:
     data_root = cfg.get("data_root") or data["data_root"]
     videos, annotations = dataset_root_paths(cfg["dataset"], data_root)
     out = storage.join(ctx.out_dir, "manifests")
-    report = prepare_manifest(cfg["dataset"], videos, annotations, out, split=cfg["split"])
+    report = prepare_manifest(
+        cfg["dataset"], videos, annotations, out, split=cfg["split"], val_fraction=cfg["val_fraction"]
+    )
     print(report.summary(), flush=True)
-    train_manifest, test_manifest = storage.join(out, "train.parquet"), storage.join(out, "test.parquet")
+    train_manifest, test_manifest = report.manifest_uris["train"], report.manifest_uris["test"]
+    val_manifest = report.manifest_uris.get("val")
     train_table, class_names = read_manifest(train_manifest)
     test_table, _ = read_manifest(test_manifest)
     return {
         "data_root": data_root,
         "train_manifest": train_manifest,
+        "val_manifest": val_manifest,
         "test_manifest": test_manifest,
         "train_sha256": _sha256(train_manifest),
+        "val_sha256": _sha256(val_manifest) if val_manifest else None,
         "test_sha256": _sha256(test_manifest),
         "num_classes": len(class_names),
         "num_train": train_table.num_rows,
+        "num_val": read_manifest(val_manifest)[0].num_rows if val_manifest else 0,
         "num_test": test_table.num_rows,
         "report": storage.join(out, "report.json"),
     }
@@ -96,7 +103,7 @@ def cache(ctx: StepContext, prepare: dict) -> dict:
 
 
 def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
-    """Ray Tune over the sweep axes; each trial a TorchTrainer run, nested in the sweep's MLflow run."""
+    """Ray Tune over the sweep axes; each trial a TorchTrainer run, nested in the sweep's MLflow run, ranked on val."""
     from pipeline.sweep.run import run_sweep
 
     cfg = ctx.config
@@ -104,7 +111,7 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
     result = run_sweep(
         exp,
         prepare["train_manifest"],
-        prepare["test_manifest"],
+        val_manifest=prepare.get("val_manifest"),
         num_samples=cfg["num_samples"],
         storage_path=storage.join(ctx.settings["storage"], "ray"),
         name=f"{ctx.workflow_id}-sweep-{ctx.key[:6]}",
@@ -124,7 +131,8 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
 
 
 def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dict | None = None) -> dict:
-    """Ray Train (DDP) on the training manifest; resumes from its last checkpoint when the step is re-run."""
+    """Ray Train (DDP) on the training manifest, weights chosen on val (the last epoch's without val); resumes from
+    its last checkpoint when the step is re-run. Test is not read here: the evaluate step scores it once."""
     from pipeline.training.fit import fit
 
     cfg = ctx.config
@@ -137,7 +145,8 @@ def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dic
     result = fit(
         exp,
         prepare["train_manifest"],
-        prepare["test_manifest"],
+        prepare["test_manifest"],  # not read: train.final_test is off, the evaluate step scores test
+        val_manifest=prepare.get("val_manifest"),
         storage_path=storage.join(ctx.settings["storage"], "ray"),
         run_name=run_name,
         tracking_uri=ctx.settings["tracking_uri"],
@@ -166,7 +175,8 @@ def _run_name(ctx: StepContext) -> str:
 
 
 def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
-    """Multi-view test of the best weights with Ray Data batch inference; metrics and plots go to the run."""
+    """Multi-view test, once, of the chosen weights (best epoch on val, or the last) with Ray Data batch inference;
+    metrics (``test_*``, ``test_num_videos_scored``) and plots go to the training run."""
     import torch
 
     from pipeline.clips.ledger import DecodeReport
@@ -226,6 +236,7 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
         tags={
             "workflow_id": ctx.workflow_id,
             "train_manifest_sha256": prepare["train_sha256"],
+            "val_manifest_sha256": prepare.get("val_sha256") or "none",
             "test_manifest_sha256": prepare["test_sha256"],
             "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
             "preset": ctx.config["preset"],

@@ -33,6 +33,13 @@ def build_parser(dataset: str, sweep: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-root", default=None, help="dataset root in the official layout (path or URI)")
     parser.add_argument("--split", type=int, default=1, help="official split (UCF101/HMDB51: 1-3)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the official training videos carved into the val split that chooses epochs and sweep "
+        "trials (UCF101 by whole groups); 0: no val, the last epoch is kept (sweeps need val)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (one per GPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per worker per step")
@@ -146,7 +153,12 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
     prepare = Step(
         "prepare",
         steps.prepare,
-        config={"dataset": dataset, "split": args.split, "data_root": source.get("data_root")},
+        config={
+            "dataset": dataset,
+            "split": args.split,
+            "val_fraction": args.val_fraction,
+            "data_root": source.get("data_root"),
+        },
         inputs={"data": data} if data else {},
         num_cpus=1,
     )
@@ -154,7 +166,13 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
     if args.clip_cache:
         upstream["cache"] = Step("cache", steps.cache, config=experiment, inputs={"prepare": prepare})
     train_inputs = dict(upstream)
-    identity = {**experiment, "source": source, "split": args.split, "clip_cache": args.clip_cache}
+    identity = {
+        **experiment,
+        "source": source,
+        "split": args.split,
+        "val_fraction": args.val_fraction,
+        "clip_cache": args.clip_cache,
+    }
     if sweep:
         sweep_config = {
             **experiment,

@@ -5,9 +5,17 @@ exists (one recursive listing of the videos folder, not one request per file), i
 ``pipeline.video.decode.index_video`` (by demuxing: every frame's timestamp, the keyframes, fps, size in display
 orientation, and the read method that gives exact frames), and writes through fsspec:
 
-    <out>/train.parquet, <out>/test.parquet   columns and schema metadata of ``pipeline.schema.manifest_schema``
-    <out>/report.json                          counts per split, missing and unreadable videos with reasons,
-                                               decode-method counts (``PrepareReport.to_dict``)
+    <out>/train.parquet, <out>/val.parquet,   columns and schema metadata of ``pipeline.schema.manifest_schema``
+    <out>/test.parquet                         (val.parquet only when a val split is carved)
+    <out>/report.json                          counts per split, how val was carved, missing and unreadable videos
+                                               with reasons, decode-method counts (``PrepareReport.to_dict``)
+
+The val split is carved from the official training list before any video is probed (``pipeline.data.val_split``:
+UCF101 by whole groups, HMDB51 per class, Charades and folders by a hash of the video id), ``val_fraction`` of the
+training videos by default 0.1; 0 carves none and no val.parquet is written. The official lists promise every
+class in train and test, so a class without a usable video there is an error; val is smaller and may lack a
+class (a UCF101 class of one group, a video missing): that is listed in ``val_classes_empty`` and the summary,
+not an error, since val only ranks epochs and trials.
 
 Missing and unreadable videos are left out of the manifests and listed in the report, never dropped silently:
 whatever goes wrong with one video stays with that video (the report says what), the others are written.
@@ -40,6 +48,7 @@ import pyarrow.parquet as pq
 from pipeline import schema, storage
 from pipeline.data.datasets import charades, folder, hmdb51, ucf101
 from pipeline.data.datasets.records import DatasetIndex, VideoRecord
+from pipeline.data.val_split import DEFAULT_VAL_FRACTION, DEFAULT_VAL_SEED, carve_val
 from pipeline.video.decode import VideoDecodeError, VideoIndex, index_to_bytes, index_video
 
 DATASETS = ("ucf101", "hmdb51", "charades", "folder")
@@ -74,6 +83,8 @@ class PrepareReport:
         num_listed: Split -> videos the annotations list for it.
         num_written: Split -> rows written (listed minus missing minus unreadable).
         num_unused: Videos the annotations list but the split does not use (HMDB51 flag 0).
+        val_split: How val was carved from the training list (``pipeline.data.val_split.ValSplit.to_dict``).
+        val_classes_empty: Classes (single-label) without a usable val video (not an error; see module doc).
         missing: Listed videos not found under ``videos_uri``.
         unreadable: Videos found but not decodable, with the decoder's reason.
         decode_methods: Decode method -> number of videos written with it.
@@ -93,6 +104,8 @@ class PrepareReport:
     num_listed: dict[str, int]
     num_written: dict[str, int]
     num_unused: int
+    val_split: dict = field(default_factory=dict)
+    val_classes_empty: list[str] = field(default_factory=list)
     missing: list[VideoProblem] = field(default_factory=list)
     unreadable: list[VideoProblem] = field(default_factory=list)
     decode_methods: dict[str, int] = field(default_factory=dict)
@@ -110,11 +123,22 @@ class PrepareReport:
         lines = [
             f"{self.dataset} split {self.split or '-'}: {len(self.class_names)} classes, {self.seconds:.1f} s"
         ]
-        for split in schema.SPLITS:
+        for split in self.manifest_uris:
             lines.append(
                 f"  {split}: {self.num_written[split]} of {self.num_listed[split]} listed videos -> "
                 f"{self.manifest_uris[split]}"
             )
+        if self.val_split.get("method", "none") == "none":
+            lines.append("  val: none carved (training keeps its last epoch)")
+        else:
+            lines.append(
+                f"  val: {self.val_split['num_val']} of {self.val_split['num_train_listed']} training videos "
+                f"(fraction {self.val_split['fraction']}, {self.val_split['method']}, seed {self.val_split['seed']})"
+            )
+        if self.val_classes_empty:
+            shown = ", ".join(self.val_classes_empty[:5])
+            more = f" and {len(self.val_classes_empty) - 5} more" if len(self.val_classes_empty) > 5 else ""
+            lines.append(f"  warning: no val video for {len(self.val_classes_empty)} classes: {shown}{more}")
         if self.num_unused:
             lines.append(f"  unused by this split: {self.num_unused}")
         for title, problems in (("missing", self.missing), ("unreadable", self.unreadable)):
@@ -174,8 +198,10 @@ def prepare_manifest(
     split: int = 1,
     num_workers: int | None = None,
     use_ray: bool | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_seed: int = DEFAULT_VAL_SEED,
 ) -> PrepareReport:
-    """Parse, check and probe a dataset; write ``<out>/train.parquet``, ``<out>/test.parquet``, ``<out>/report.json``.
+    """Parse, check and probe a dataset; write ``<out>/{train,val,test}.parquet`` and ``<out>/report.json``.
 
     Args:
         dataset: ``ucf101``, ``hmdb51``, ``charades`` or ``folder``.
@@ -189,6 +215,9 @@ def prepare_manifest(
             machine's CPUs (at most 8 threads).
         use_ray: Probe with Ray tasks (True), a local thread pool (False), or decide by size (None: Ray from
             ``RAY_MIN_VIDEOS`` videos on).
+        val_fraction: Share of the official training videos carved into the val split, in [0, 1)
+            (``pipeline.data.val_split``); 0: no val split, no ``val.parquet``.
+        val_seed: Seed of the carving's hash (the same inputs and seed always give the same val split).
 
     Returns:
         The report (also written as ``<out>/report.json``).
@@ -196,7 +225,8 @@ def prepare_manifest(
     Raises:
         FileNotFoundError: The videos folder or an annotation file does not exist.
         pipeline.data.datasets.AnnotationError: An annotation file breaks its format (the message names file and line).
-        ValueError: No video of a split could be used (the report is written first).
+        ValueError: ``val_fraction`` outside [0, 1), or no video of a split could be used, or a class has no
+            usable video in train or test (the report is written first).
     """
     started = time.perf_counter()
     if dataset not in DATASETS:
@@ -206,7 +236,8 @@ def prepare_manifest(
     out = storage.normalize_uri(out)
     if not storage.exists(videos):
         raise FileNotFoundError(f"videos folder not found: {videos}")
-    index = load_index(dataset, videos, annotations, split)
+    index, val_split = carve_val(load_index(dataset, videos, annotations, split), val_fraction, val_seed)
+    splits = tuple(name for name in schema.SPLITS if name != "val" or val_split.method != "none")
     present = _files_under(videos)
     missing: list[VideoProblem] = []
     found: list[tuple[VideoRecord, str]] = []
@@ -223,16 +254,18 @@ def prepare_manifest(
     results = probe_all([uri for _, uri in found], parallelism)
 
     unreadable: list[VideoProblem] = []
-    rows: dict[str, list[tuple[VideoRecord, str, object]]] = {name: [] for name in schema.SPLITS}
+    rows: dict[str, list[tuple[VideoRecord, str, object]]] = {name: [] for name in splits}
     for (record, uri), (probe, reason) in zip(found, results, strict=True):
         if probe is None:
             unreadable.append(_problem(record, uri, reason))
         else:
             rows[record.split].append((record, uri, probe))
 
-    table_schema = schema.manifest_schema(dataset, list(index.class_names), index.multi_label, index.split)
-    manifest_uris = {name: storage.join(out, f"{name}.parquet") for name in schema.SPLITS}
-    for name in schema.SPLITS:
+    table_schema = schema.manifest_schema(
+        dataset, list(index.class_names), index.multi_label, index.split, val_split.to_dict()
+    )
+    manifest_uris = {name: storage.join(out, f"{name}.parquet") for name in splits}
+    for name in splits:
         _write_parquet(manifest_uris[name], _table(rows[name], table_schema, index.multi_label))
     written = [probe for split_rows in rows.values() for _, _, probe in split_rows]
     report = PrepareReport(
@@ -243,9 +276,11 @@ def prepare_manifest(
         class_names=list(index.class_names),
         manifest_uris=manifest_uris,
         report_uri=storage.join(out, REPORT_FILE),
-        num_listed={name: len(index.of_split(name)) for name in schema.SPLITS},
-        num_written={name: len(rows[name]) for name in schema.SPLITS},
+        num_listed={name: len(index.of_split(name)) for name in splits},
+        num_written={name: len(rows[name]) for name in splits},
         num_unused=index.num_unused,
+        val_split=val_split.to_dict(),
+        val_classes_empty=_classes_without_rows(rows.get("val"), index) if "val" in splits else [],
         missing=missing,
         unreadable=unreadable,
         decode_methods=dict(Counter(probe.method for probe in written)),
@@ -260,18 +295,22 @@ def prepare_manifest(
     )
     report.seconds = time.perf_counter() - started
     storage.write_text(report.report_uri, json.dumps(report.to_dict(), indent=2) + "\n")
-    empty = [name for name in schema.SPLITS if not rows[name]]
+    empty = [name for name in splits if not rows[name]]
     if empty:
+        hint = (
+            " (too few training videos to carve val from: lower or zero --val-fraction)"
+            if "val" in empty
+            else ""
+        )
         raise ValueError(
             f"no video of the {' and '.join(empty)} split could be used "
-            f"({len(missing)} missing, {len(unreadable)} unreadable under {videos}); see {report.report_uri}"
+            f"({len(missing)} missing, {len(unreadable)} unreadable under {videos}){hint}; see {report.report_uri}"
         )
     if not index.multi_label and (dataset != "folder" or annotations):
         # Split lists promise every class in both splits; a class without videos there means the archive and the
         # lists disagree (a hash split of a user's small folders may leave a class out of test: not an error).
-        for name in schema.SPLITS:
-            counts = Counter(record.label for record, _, _ in rows[name])
-            empty_classes = [c for i, c in enumerate(index.class_names) if not counts[i]]
+        for name in ("train", "test"):
+            empty_classes = _classes_without_rows(rows[name], index)
             if empty_classes:
                 raise ValueError(
                     f"class {empty_classes[0]!r} has no usable video in the {name} split"
@@ -279,6 +318,14 @@ def prepare_manifest(
                     + f": its videos are missing or unreadable under {videos}; see {report.report_uri}"
                 )
     return report
+
+
+def _classes_without_rows(rows: list[tuple[VideoRecord, str, object]], index: DatasetIndex) -> list[str]:
+    """Class names (single-label) that no row of ``rows`` has; ``[]`` for a multi-label index."""
+    if index.multi_label:
+        return []
+    counts = Counter(record.label for record, _, _ in rows)
+    return [name for label, name in enumerate(index.class_names) if not counts[label]]
 
 
 def _problem(record: VideoRecord, uri: str, reason: str) -> VideoProblem:

@@ -1,4 +1,4 @@
-"""Distributed evaluation: every test video scored exactly once, whatever the number of workers.
+"""Distributed evaluation: every video of a manifest (val or test) scored exactly once, whatever the number of workers.
 
 Ray Train's dataset sharding (``streaming_split(equal=True)``) may drop rows to keep shards equal, which is right
 for training and wrong for testing. So evaluation shards the *manifest* itself, round-robin by row, each rank
@@ -97,7 +97,9 @@ def check_complete(predictions: Predictions, expected_ids: np.ndarray, views_per
         raise RuntimeError("evaluation produced duplicate (video, view) rows: sharding is broken")
     unexpected = set(predictions.video_ids.tolist()) - set(np.asarray(expected_ids).tolist())
     if unexpected:
-        raise RuntimeError(f"evaluation scored videos outside the test manifest: {sorted(unexpected)[:5]}")
+        raise RuntimeError(
+            f"evaluation scored videos outside the evaluated manifest: {sorted(unexpected)[:5]}"
+        )
     counts: dict[str, int] = {}
     for vid in predictions.video_ids.tolist():
         counts[vid] = counts.get(vid, 0) + 1
@@ -241,7 +243,8 @@ def evaluate_distributed(
     rank: int,
     world_size: int,
 ) -> tuple[dict[str, float], dict]:
-    """Distributed evaluation on the test manifest: each rank scores its round-robin shard, all gather."""
+    """Distributed evaluation of a manifest table (val during training, test once at the end): each rank scores its
+    round-robin shard, all ranks gather; returns ``compute_metrics``' ``(scalars, details)``."""
     num_classes = exp.model.num_classes
     multi_label = exp.model.multi_label
     local = shard_table(test_table, rank, world_size)

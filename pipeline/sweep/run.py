@@ -9,8 +9,9 @@ Shape of a sweep (DESIGN.md, Ray Train V2 inside Tune):
 - Each trial is a Tune *function* trainable (``tune.with_resources(fn, {"cpu": 0.01})``: the trial actor only
   waits) that calls ``pipeline.training.fit.fit``, which runs a ``TorchTrainer`` on the cluster. Ray Train's
   ``TuneReportCallback`` forwards every epoch's report to Tune, where ASHA compares trials on the best
-  validation value of the dataset's primary metric (``best_top1`` / ``best_map``: present in every report, also
-  the final one, which Tune's strict metric check requires) at epoch milestones.
+  val-split value of the dataset's primary metric (``best_top1`` / ``best_map``: present in every report, also
+  the final one, which Tune's strict metric check requires) at epoch milestones. Trials never see the test
+  split (``train.final_test`` is off): the sweep's best configuration is retrained and scored on test once.
 - MLflow: the sweep has a parent run (found again by its name); every trial's ``fit`` run carries the tags
   ``mlflow.parentRunId`` (nested under the parent in the UI) and ``stpa.sweep``. At the end the parent gets a
   comparison table (CSV, one row per trial, errors included), a plot of the primary metric by attention type
@@ -36,6 +37,7 @@ one at a time on a 2-core laptop, where two trials would starve each other's dec
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +92,7 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
 class SweepResult:
     parent_run_id: str | None  # the sweep's MLflow run (None when MLflow is disabled)
     best_overrides: dict[str, Any]  # the best trial's overrides, for apply_overrides
-    best_metric: float  # its best validation value of the primary metric
+    best_metric: float  # its best val-split value of the primary metric
     best_run_id: str | None  # its MLflow run
     best_checkpoint_uri: str  # its latest Ray Train checkpoint (holds best_model.pt)
     table: tuple[dict[str, Any], ...]  # one row per trial (TABLE_FILE's rows), errors included
@@ -102,7 +104,7 @@ class _TrialSetup:
 
     exp: ExperimentConfig
     train_manifest: str
-    test_manifest: str
+    val_manifest: str
     storage_path: str  # Ray Train storage of the trials' runs
     sweep_name: str
     tracking_uri: str  # "" disables MLflow
@@ -123,7 +125,8 @@ def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     fit(
         exp,
         setup.train_manifest,
-        setup.test_manifest,
+        None,  # no test manifest: trials run without train.final_test
+        val_manifest=setup.val_manifest,
         storage_path=setup.storage_path,
         run_name=trial_run_name(setup.sweep_name, trial_id),
         tracking_uri=setup.tracking_uri,
@@ -141,8 +144,8 @@ def _trial_dirname(trial) -> str:
 def run_sweep(
     exp: ExperimentConfig,
     train_manifest: str,
-    test_manifest: str,
     *,
+    val_manifest: str | None,
     num_samples: int,
     storage_path: str,
     name: str,
@@ -160,8 +163,9 @@ def run_sweep(
 
     Args:
         exp: the base experiment; each trial applies its sampled overrides to it. ``train.epochs`` is every
-            trial's budget (ASHA's ``max_t``).
-        train_manifest, test_manifest: manifest URIs (``stpa prepare`` output).
+            trial's budget (ASHA's ``max_t``); ``train.final_test`` is turned off (trials never see test).
+        train_manifest, val_manifest: manifest URIs (``stpa prepare`` output); val ranks epochs and trials. There is
+            no test manifest: trials are ranked, stopped and chosen on val only.
         num_samples: trials to sample (random search).
         storage_path: local folder or fsspec URI: the Tune experiment goes to ``<storage_path>/<name>``, the
             trials' Ray Train runs and checkpoints under ``<storage_path>/<name>/trials/``.
@@ -179,18 +183,24 @@ def run_sweep(
             a trial it ends is reported as ``stopped``, like one ASHA ends.
 
     Returns:
-        The best trial (by its best validation value of the primary metric) and the comparison table.
+        The best trial (by its best val-split value of the primary metric) and the comparison table.
 
     Raises:
-        ValueError: bad arguments or a space whose samples do not build a valid experiment.
+        ValueError: bad arguments (``val_manifest`` None: nothing to rank trials on) or a space whose samples do
+            not build a valid experiment.
         RuntimeError: every trial failed (the message lists each trial's error).
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    if not val_manifest:
+        raise ValueError(
+            "a sweep ranks trials on the val split and there is none: prepare the manifests with a --val-fraction > 0"
+        )
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, final_test=False))
     if not name or "/" in name:
         raise ValueError(f"sweep name must be a non-empty folder name, got {name!r}")
     if axes is not None and search_space is not None:
@@ -202,7 +212,7 @@ def run_sweep(
 
     init_ray(num_train_workers=exp.train.num_workers)  # no-op when the caller already connected
     num_concurrent = max_concurrent_trials or default_concurrency(exp.train)
-    metric = "best_" + exp.primary_metric  # the best validation value so far: in every report
+    metric = "best_" + exp.primary_metric  # the best val-split value so far: in every report
     storage_filesystem, storage_root = storage.ray_storage(storage_path)
     # The experiment's path inside the storage filesystem (local, or an fsspec path without its scheme).
     experiment_path = (
@@ -241,14 +251,15 @@ def run_sweep(
             if stop is None or isinstance(stop, Mapping)
             else getattr(stop, "__name__", stop),
             "sweep.train_manifest": train_manifest,
-            "sweep.test_manifest": test_manifest,
+            "sweep.val_manifest": val_manifest,
+            "sweep.selection_split": "val",
         }
         parent_run_id = _parent_run(uri, name, exp, space, settings)
 
     setup = _TrialSetup(
         exp=exp,
         train_manifest=train_manifest,
-        test_manifest=test_manifest,
+        val_manifest=val_manifest,
         storage_path=storage.join(sweep_uri, "trials"),
         sweep_name=name,
         tracking_uri=uri,

@@ -1,6 +1,11 @@
 """The training driver: ``fit`` builds the training dataset, resolves the MLflow run and runs a Ray Train
 ``TorchTrainer`` whose workers run ``pipeline.training.loop.train_loop_per_worker``; a second call with the same run
-name resumes the run from its latest checkpoint."""
+name resumes the run from its latest checkpoint.
+
+What is chosen on what: the val manifest (carved from the training list by ``stpa prepare``) chooses the weights
+(the epoch with the best val primary metric); without one the last epoch's weights are kept. The test manifest is
+only scored, once, on the chosen weights (``train.final_test``; workflows score it in their evaluate step instead).
+MLflow records the choice as the param ``selection.split`` (``SELECTION_VAL`` or ``SELECTION_LAST_EPOCH``)."""
 
 from __future__ import annotations
 
@@ -21,14 +26,16 @@ from pipeline.tracking.artifacts import log_model
 from pipeline.tracking.runs import find_or_create_run, flatten_config
 from pipeline.tracking.runs import tracking_uri as default_tracking_uri
 from pipeline.training.checkpoint import BEST_MODEL_FILE
-from pipeline.training.loop import steps_per_epoch, train_loop_per_worker
+from pipeline.training.loop import SELECTION_LAST_EPOCH, SELECTION_VAL, steps_per_epoch, train_loop_per_worker
 from pipeline.training.ray_hooks import MlflowEpochLogger
 
 
 @dataclass(frozen=True)
 class FitResult:
-    metrics: dict[str, float]  # the final report: test_* metrics, epoch, global_step, restarts
-    checkpoint_uri: str  # latest checkpoint folder (holds state.pt and best_model.pt)
+    metrics: dict[
+        str, float
+    ]  # the final report: best_<metric> (val), test_* metrics, epoch, global_step, restarts
+    checkpoint_uri: str  # latest checkpoint folder (holds state.pt and best_model.pt, the chosen weights)
     mlflow_run_id: str | None
     num_classes: int
 
@@ -36,8 +43,9 @@ class FitResult:
 def fit(
     exp: ExperimentConfig,
     train_manifest: str,
-    test_manifest: str,
+    test_manifest: str | None,
     *,
+    val_manifest: str | None,
     storage_path: str,
     run_name: str,
     tracking_uri: str | None = None,
@@ -49,7 +57,12 @@ def fit(
 
     Args:
         exp: the run's configuration.
-        train_manifest, test_manifest: manifest Parquet URIs (``stpa prepare`` output).
+        train_manifest, test_manifest: manifest Parquet URIs (``stpa prepare`` output). The test manifest is read
+            by the workers only with ``train.final_test``, to score the chosen weights once; it may be ``None``
+            without ``train.final_test`` (a sweep's trials).
+        val_manifest: the val manifest (``stpa prepare``'s ``val.parquet``), which chooses the weights (and is what
+            a sweep's scheduler compares); ``None``: no per-epoch selection, the last epoch's weights are used.
+            Keyword-only and required, so no caller passes a test manifest in its place by position.
         storage_path: where Ray Train keeps checkpoints: a local folder or any fsspec URI.
         run_name: Ray Train run name and MLflow run name; the key for resuming.
         tracking_uri: MLflow tracking URI (default: ``pipeline.tracking.runs.tracking_uri()``); ``""`` disables MLflow.
@@ -58,15 +71,23 @@ def fit(
             (the same sampled clip and crop of each video every epoch) for speed.
         callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
             ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
+
+    Raises:
+        ValueError: no test manifest with ``train.final_test``, manifests of different classes, a class count other than ``model.num_classes``, or too few
+            training videos for one step.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = exp.train
     train_table, class_names = read_manifest(train_manifest)
-    test_table, test_class_names = read_manifest(test_manifest)
-    if class_names != test_class_names:
-        raise ValueError(f"{train_manifest} and {test_manifest} list different classes")
+    if cfg.final_test and not test_manifest:
+        raise ValueError("train.final_test needs a test manifest")
+    test_table, test_class_names = read_manifest(test_manifest) if test_manifest else (None, class_names)
+    val_table, val_class_names = read_manifest(val_manifest) if val_manifest else (None, class_names)
+    for other, other_class_names in ((test_manifest, test_class_names), (val_manifest, val_class_names)):
+        if class_names != other_class_names:
+            raise ValueError(f"{train_manifest} and {other} list different classes")
     if len(class_names) != exp.model.num_classes:
         raise ValueError(
             f"model.num_classes is {exp.model.num_classes} but {train_manifest} has {len(class_names)} classes"
@@ -90,7 +111,9 @@ def fit(
     if uri:
         run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
         if not resumed:
-            _log_run_setup(uri, run_id, exp, train_manifest, test_manifest)
+            _log_run_setup(
+                uri, run_id, exp, {"train": train_manifest, "val": val_manifest, "test": test_manifest}
+            )
 
     storage_filesystem, storage_root = storage.ray_storage(storage_path)
     train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
@@ -105,8 +128,11 @@ def fit(
         train_loop_config={
             "experiment": exp,
             "steps_per_epoch": num_steps,
-            "test_rows": test_table.to_pylist(),
-            "test_schema": test_table.schema,
+            # The workers see the test split only to score the chosen weights once, at the end.
+            "val_rows": val_table.to_pylist() if val_table is not None else None,
+            "val_schema": val_table.schema if val_table is not None else None,
+            "test_rows": test_table.to_pylist() if cfg.final_test else None,
+            "test_schema": test_table.schema if cfg.final_test else None,
             "mlflow_tracking_uri": uri,
             "mlflow_run_id": run_id,
         },
@@ -148,10 +174,9 @@ def fit(
     return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
 
 
-def _log_run_setup(
-    uri: str, run_id: str, exp: ExperimentConfig, train_manifest: str, test_manifest: str
-) -> None:
-    """Params and setup facts, once per run, from the driver, in one batch."""
+def _log_run_setup(uri: str, run_id: str, exp: ExperimentConfig, manifests: dict[str, str | None]) -> None:
+    """Params and setup facts, once per run, from the driver, in one batch: the config, each manifest's URI and
+    SHA-256 (``None``: no such split), and ``selection.split``, the split that chooses the weights."""
     import hashlib
     import platform
 
@@ -159,7 +184,10 @@ def _log_run_setup(
     from mlflow.tracking import MlflowClient
 
     params = {key: value[:6000] for key, value in flatten_config(exp).items()}
-    for name, manifest in (("train", train_manifest), ("test", test_manifest)):
+    params["selection.split"] = SELECTION_VAL if manifests.get("val") else SELECTION_LAST_EPOCH
+    for name, manifest in manifests.items():
+        if not manifest:
+            continue
         params[f"manifest.{name}.uri"] = manifest
         params[f"manifest.{name}.sha256"] = hashlib.sha256(read_bytes(manifest)).hexdigest()
     tags = {

@@ -4,6 +4,11 @@ The driver (``fit``) builds the training dataset, resolves the MLflow run, and s
 worker runs ``train_loop_per_worker``: one visible loop of batch, forward, loss, backward, clip, step, log,
 checkpoint (STYLE.md). The Ray integration points are marked ``# [ray]``.
 
+Selection: every ``train.eval_every`` epochs (and at the last) the model is scored on the *val* manifest, carved
+from the training list, and the best epoch's weights are kept (``best_model.pt``); without a val manifest nothing is
+scored per epoch and the last epoch's weights are kept. The test manifest reaches the workers only with
+``train.final_test``, to score the chosen weights once after the last epoch: nothing is ever chosen on it.
+
 Epoch length is exact and equal across ranks: Ray Train splits the training dataset with
 ``streaming_split(equal=True)`` and every rank iterates with ``drop_last=True``, so each rank runs
 ``floor(floor(N / world_size) / batch_size)`` steps (``steps_per_epoch``), and no rank waits in an all-reduce
@@ -44,6 +49,9 @@ from pipeline.training.weights import load_backbone_weights
 from pipeline.video.transforms import frames_to_model_input
 from stpa_model import STPANet, total_loss
 
+SELECTION_VAL = "val"  # MLflow param selection.split: the best epoch on the val split chose the weights
+SELECTION_LAST_EPOCH = "last_epoch"  # no val split: the last epoch's weights
+
 
 def steps_per_epoch(num_train_rows: int, world_size: int, batch_size: int) -> int:
     """Optimiser micro-steps each rank runs per epoch (equal shards, last partial batch dropped)."""
@@ -65,7 +73,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
-    test_table = pa.Table.from_pylist(loop_config["test_rows"], schema=loop_config["test_schema"])
+    val_table = _table_of(loop_config, "val")  # None: no val split, the last epoch's weights are kept
+    test_table = _table_of(loop_config, "test")  # None unless train.final_test
 
     model = STPANet(exp.model)
     if cfg.pretrained and not ray.train.get_checkpoint():
@@ -104,6 +113,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _report(reported, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
         return
 
+    if rank == 0 and val_table is None:
+        print("no val split: no per-epoch selection, the last epoch's weights are used", flush=True)
     train_shard = ray.train.get_dataset_shard("train")  # [ray]
     steps_this_attempt = 0
     metric_name = exp.primary_metric
@@ -178,13 +189,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "restarts": state.restarts,
         }
         is_last = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.eval_every == 0 or is_last:
-            val, _ = evaluate_distributed(model, test_table, exp.val_clips, exp, device, rank, world_size)
+        if val_table is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
+            val, _ = evaluate_distributed(model, val_table, exp.val_clips, exp, device, rank, world_size)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             if val[metric_name] > state.best_metric:
                 state.best_metric = val[metric_name]
                 best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-        metrics["best_" + metric_name] = state.best_metric
+        elif val_table is None and is_last:
+            best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        if val_table is not None:  # the best val value so far: what a sweep's scheduler compares
+            metrics["best_" + metric_name] = state.best_metric
         state.epoch = epoch + 1
         remaining = (cfg.epochs - state.epoch) * (time.perf_counter() - epoch_start)
         if rank == 0:
@@ -196,10 +210,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
         _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
 
-    # Final multi-view evaluation of the best model (the last one when validation never ran).
+    # Final multi-view test, once, of the chosen weights: the best epoch on val, or the last epoch without val.
     if best_weights is not None:
         unwrap(model).load_state_dict(best_weights)
-    final = {"best_" + metric_name: state.best_metric}
+    final = {"best_" + metric_name: state.best_metric} if val_table is not None else {}
     if cfg.final_test:
         test, details = evaluate_distributed(model, test_table, exp.test_clips, exp, device, rank, world_size)
         final.update({f"test_{k}": v for k, v in test.items()})
@@ -210,6 +224,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if mlflow_run is not None:
             log_evaluation_artifacts(mlflow_run, unwrap(model), exp, test_table, details, device)
     _report(final, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
+
+
+def _table_of(loop_config: dict, split: str) -> pa.Table | None:
+    """The ``val`` or ``test`` manifest rows the driver handed over, as a table; None when it handed none."""
+    rows = loop_config.get(f"{split}_rows")
+    return None if rows is None else pa.Table.from_pylist(rows, schema=loop_config[f"{split}_schema"])
 
 
 def _quiet_ray_logs() -> None:

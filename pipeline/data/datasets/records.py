@@ -46,7 +46,7 @@ class VideoRecord:
     Attributes:
         video_id: Unique within the dataset (e.g. ``v_ApplyEyeMakeup_g08_c01``, Charades ``46GP8``).
         path: Path of the video file relative to the videos folder, ``/``-separated.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"`` or ``"test"`` as parsed; ``"val"`` once ``pipeline.data.val_split`` carved it.
         label: 0-based class index (single-label datasets), else None.
         labels: Sorted distinct 0-based class indices (multi-label datasets); may be empty.
         segments: Temporal actions in file order (Charades).
@@ -96,7 +96,7 @@ class DatasetIndex:
         object.__setattr__(self, "_by_split", by_split)
 
     def of_split(self, split: str) -> tuple[VideoRecord, ...]:
-        """The records of ``split`` (``"train"`` or ``"test"``), in annotation-file order."""
+        """The records of ``split`` (one of ``SPLITS``), in annotation-file order."""
         return self._by_split[split]
 
 
@@ -121,9 +121,10 @@ def check_splits_not_empty(records: Iterable[VideoRecord], sources: dict[str, st
 
     Args:
         records: Every record of the index.
-        sources: Split name -> the file (or files) that list it, for the message.
+        sources: Split name -> the file (or files) that list it, for the message (the official splits only:
+            val is carved later).
     """
     present = {record.split for record in records}
-    for split in SPLITS:
+    for split in sources:
         if split not in present:
             raise AnnotationError(sources[split], None, f"the {split} split lists no videos")

@@ -41,7 +41,18 @@ def test_ucf101_manifest_rows_schema_and_report(
     root, summary = ucf_root
     videos, annotations = dataset_root_paths("ucf101", str(root))
     report = prepare_manifest("ucf101", videos, annotations, str(tmp_path / "out"), split=2)
-    assert report.num_listed == {"train": 9, "test": 3} and report.num_written == report.num_listed
+    # 3 classes x 3 training videos, each its own group (g01..): one group per class goes to val.
+    assert report.num_listed == {"train": 6, "val": 3, "test": 3} and report.num_written == report.num_listed
+    assert report.val_split == {
+        "method": "groups",
+        "fraction": 0.1,
+        "seed": 0,
+        "num_train_listed": 9,
+        "num_val": 3,
+        "num_groups": 3,
+        "classes_without_val": [],
+    }
+    assert report.val_classes_empty == []
     assert report.missing == [] and report.unreadable == []
     assert report.decode_methods == {
         "seek": 12
@@ -55,6 +66,7 @@ def test_ucf101_manifest_rows_schema_and_report(
         assert class_names == list(summary.class_names)
         assert table.schema.metadata[schema.META_DATASET] == b"ucf101"
         assert table.schema.metadata[schema.META_SPLIT] == b"2"
+        assert json.loads(table.schema.metadata[schema.META_VAL_SPLIT]) == report.val_split
         assert (
             table.schema.remove_metadata()
             == schema.manifest_schema("ucf101", class_names, False, 2).remove_metadata()
@@ -72,9 +84,38 @@ def test_ucf101_manifest_rows_schema_and_report(
             assert row[schema.DURATION] == pytest.approx(2.0)
             assert row[schema.DECODE_METHOD] == "seek"
     written = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert written["num_written"] == {"train": 9, "test": 3}
+    assert written["num_written"] == {"train": 6, "val": 3, "test": 3}
+    assert written["val_split"]["method"] == "groups"
     assert written["decode_methods"] == {"seek": 12}
-    assert "train: 9 of 9 listed videos" in report.summary()
+    assert "train: 6 of 6 listed videos" in report.summary()
+    assert "val: 3 of 9 training videos (fraction 0.1, groups, seed 0)" in report.summary()
+
+
+def test_val_fraction_zero_writes_no_val_manifest(
+    ucf_root: tuple[Path, synth.SynthSummary], tmp_path: Path
+) -> None:
+    root, _ = ucf_root
+    out = tmp_path / "out"
+    report = prepare_manifest("ucf101", *dataset_root_paths("ucf101", str(root)), str(out), val_fraction=0)
+    assert report.num_written == {"train": 9, "test": 3} and set(report.manifest_uris) == {"train", "test"}
+    assert not (out / "val.parquet").exists() and report.val_split["method"] == "none"
+    assert "val: none carved" in report.summary()
+    with pytest.raises(ValueError, match="val fraction must be in"):
+        prepare_manifest("ucf101", *dataset_root_paths("ucf101", str(root)), str(out), val_fraction=1.0)
+
+
+def test_a_class_without_val_videos_is_reported_not_an_error(
+    ucf_root: tuple[Path, synth.SynthSummary], tmp_path: Path
+) -> None:
+    """Val is small: a class may lose its only val video (here: deleted). Train and test keep their check."""
+    root = _copy(ucf_root[0], tmp_path)
+    first = prepare_manifest("ucf101", *dataset_root_paths("ucf101", str(root)), str(tmp_path / "a"))
+    table, class_names = read_manifest(first.manifest_uris["val"])
+    gone = table.to_pylist()[0]
+    Path(gone[schema.VIDEO_URI]).unlink()
+    report = prepare_manifest("ucf101", *dataset_root_paths("ucf101", str(root)), str(tmp_path / "b"))
+    assert report.val_classes_empty == [class_names[gone[schema.LABEL]]]
+    assert report.num_written["val"] == 2 and "warning: no val video for 1 classes" in report.summary()
 
 
 def test_missing_and_unreadable_videos_are_reported_and_left_out(
@@ -86,15 +127,18 @@ def test_missing_and_unreadable_videos_are_reported_and_left_out(
     (root / "UCF-101" / train[1].path).write_bytes(b"RIFF this is not a video at all" * 10)
     videos, annotations = dataset_root_paths("ucf101", str(root))
     report = prepare_manifest("ucf101", videos, annotations, str(tmp_path / "out"))
-    assert report.num_listed["train"] == 9 and report.num_written["train"] == 7
+    assert report.num_listed["train"] + report.num_listed["val"] == 9
+    assert report.num_written["train"] + report.num_written["val"] == 7
     [missing] = report.missing
-    assert (missing.video_id, missing.split, missing.reason) == (train[0].video_id, "train", "file not found")
+    assert (missing.video_id, missing.reason) == (train[0].video_id, "file not found")
+    assert missing.split in ("train", "val")  # the official training list, possibly carved into val
     assert missing.uri == str(root / "UCF-101" / train[0].path)
     assert missing.listed_at == f"{annotations}/trainlist01.txt:1"
     [unreadable] = report.unreadable
     assert unreadable.video_id == train[1].video_id and unreadable.reason
-    table, _ = read_manifest(report.manifest_uris["train"])
-    assert set(table[schema.VIDEO_ID].to_pylist()).isdisjoint({train[0].video_id, train[1].video_id})
+    for split in ("train", "val"):
+        table, _ = read_manifest(report.manifest_uris[split])
+        assert set(table[schema.VIDEO_ID].to_pylist()).isdisjoint({train[0].video_id, train[1].video_id})
     written = json.loads(Path(report.report_uri).read_text())
     assert [p["video_id"] for p in written["missing"]] == [train[0].video_id]
     assert [p["video_id"] for p in written["unreadable"]] == [train[1].video_id]
@@ -167,7 +211,7 @@ def test_one_bad_video_stays_with_that_video(
     (folder / class_name / "fake.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really" * 20)
     report = prepare_manifest("folder", str(folder), "", str(tmp_path / "out"))
     assert [p.video_id for p in report.unreadable] == [f"{class_name}/fake"]
-    assert report.num_written["train"] + report.num_written["test"] == 13
+    assert sum(report.num_written.values()) == 13
     rows = {
         r[schema.VIDEO_ID]: r
         for split in schema.SPLITS
@@ -192,7 +236,9 @@ def test_charades_manifest_takes_duration_from_csv_and_keeps_segments(tmp_path: 
     videos, annotations = dataset_root_paths("charades", str(tmp_path / "data"))
     assert videos == str(tmp_path / "data" / "Charades_v1_480") and annotations == str(tmp_path / "data")
     report = prepare_manifest("charades", videos, annotations, "memory://stpa-test-prepare/charades")
-    assert report.split is None and report.num_written == {"train": 9, "test": 3}
+    # 9 training videos, each in val with probability 0.1 by its hashed id: one here.
+    assert report.split is None and report.num_written == {"train": 8, "val": 1, "test": 3}
+    assert report.val_split["method"] == "hash"
     truth = {v.video_id: v for v in summary.videos}
     rows = []
     for split in schema.SPLITS:
@@ -200,7 +246,7 @@ def test_charades_manifest_takes_duration_from_csv_and_keeps_segments(tmp_path: 
         assert class_names == ["red square", "green disk", "blue triangle", "yellow cross"]
         assert schema.is_multi_label(table.schema) and schema.LABEL not in table.column_names
         rows += table.to_pylist()
-    assert len(rows) == 12
+    assert len(rows) == 12 and {row[schema.SPLIT] for row in rows} == set(schema.SPLITS)
     for row in rows:
         video = truth[row[schema.VIDEO_ID]]
         assert tuple(row[schema.LABELS]) == video.labels
@@ -218,7 +264,7 @@ def test_hmdb51_manifest_labels_follow_sorted_class_names(tmp_path: Path) -> Non
     videos, annotations = dataset_root_paths("hmdb51", str(tmp_path / "d"))
     report = prepare_manifest("hmdb51", videos, annotations, str(tmp_path / "out"), split=3)
     assert report.num_unused == 3
-    assert report.num_written["train"] + report.num_written["test"] == 12
+    assert sum(report.num_written.values()) == 12
     table, class_names = read_manifest(report.manifest_uris["train"])
     assert class_names == sorted(class_names) == list(summary.class_names)
     truth = {v.video_id: v.label for v in summary.videos}
@@ -230,14 +276,15 @@ def test_folder_dataset_by_hash_and_by_lists(
 ) -> None:
     root, summary = ucf_root
     report = prepare_manifest("folder", str(root / "UCF-101"), "", str(tmp_path / "hash"))
-    assert report.num_written["train"] + report.num_written["test"] == 12
+    assert sum(report.num_written.values()) == 12
     table, class_names = read_manifest(report.manifest_uris["test"])
     assert class_names == sorted(summary.class_names)
     assert all(r[schema.VIDEO_ID].count("/") == 1 for r in table.to_pylist())
     report = prepare_manifest(
         "folder", str(root / "UCF-101"), str(root / "ucfTrainTestlist"), str(tmp_path / "lists")
     )
-    assert report.num_written == {"train": 9, "test": 3}
+    # folder: val by hashed id (0.1 each), not by groups: 2 of the 9 training videos here.
+    assert report.num_written == {"train": 7, "val": 2, "test": 3} and report.val_split["method"] == "hash"
     _, class_names = read_manifest(report.manifest_uris["train"])
     assert class_names == list(summary.class_names)  # classInd.txt order
 
@@ -246,8 +293,11 @@ def test_memory_filesystem_end_to_end_through_the_cli(capsys: pytest.CaptureFixt
     root = "memory://stpa-test-prepare/cli"
     assert cli_main(["synth", "ucf101", "--out", root, "--num-classes", "3", "--videos-per-class", "2",
                      "--width", "64", "--height", "48", "--num-frames", "8"]) == 0  # fmt: skip
-    assert cli_main(["prepare", "ucf101", "--data-root", root, "--out", f"{root}/manifest"]) == 0
-    assert "train: 3 of 3 listed videos" in capsys.readouterr().out
+    # One training video per class: no group to spare for val, so --val-fraction 0 (the last epoch is kept).
+    assert cli_main(["prepare", "ucf101", "--data-root", root, "--out", f"{root}/manifest",
+                     "--val-fraction", "0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "train: 3 of 3 listed videos" in printed and "val: none carved" in printed
     table, class_names = read_manifest(f"{root}/manifest/train.parquet")
     assert table.num_rows == 3 and len(class_names) == 3
     assert all(uri.startswith("memory://") for uri in table[schema.VIDEO_URI].to_pylist())
@@ -274,9 +324,9 @@ def test_read_manifest_refuses_what_is_not_a_valid_manifest(
         "no_fps.parquet": (table.drop_columns([schema.FPS]), "column 'fps' is missing"),
         "bad_split.parquet": (
             table.set_column(
-                table.column_names.index(schema.SPLIT), schema.SPLIT, pa.array(["val"] * table.num_rows)
+                table.column_names.index(schema.SPLIT), schema.SPLIT, pa.array(["dev"] * table.num_rows)
             ),
-            "column 'split' holds 'val'",
+            "column 'split' holds 'dev'",
         ),
         "duplicate.parquet": (pa.concat_tables([table, table]), "appears more than once"),
     }

@@ -179,7 +179,8 @@ def tiny_ucf(tmp_path_factory):
     )
     out = str(root / "manifests")
     prepare_manifest("ucf101", summary.videos_uri, summary.annotations_uri, out, use_ray=False)
-    return os.path.join(out, "train.parquet"), os.path.join(out, "test.parquet")
+    # Trials are ranked on val (carved from train: one group of each class's 4 training videos); no test here.
+    return os.path.join(out, "train.parquet"), os.path.join(out, "val.parquet")
 
 
 def _stop_all_but_the_first_trial(trial_id: str, result: dict) -> bool:
@@ -204,10 +205,11 @@ def _tiny_exp():
 def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny_ucf, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    train_uri, test_uri = tiny_ucf
+    train_uri, val_uri = tiny_ucf
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = _tiny_exp()
     kwargs = dict(
+        val_manifest=val_uri,
         num_samples=3,
         storage_path=str(tmp_path / "ray"),
         name="sweep1",
@@ -216,7 +218,7 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
         seed=3,
         stop=_stop_all_but_the_first_trial,
     )
-    result = run_sweep(exp, train_uri, test_uri, **kwargs)
+    result = run_sweep(exp, train_uri, **kwargs)
 
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(result.parent_run_id)
@@ -225,6 +227,8 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
     assert parent.data.params["sweep.num_samples"] == "3"
     assert parent.data.params["space.model.attention"].startswith("choice(")
     assert parent.data.params["base.train.epochs"] == "2"
+    assert parent.data.params["sweep.selection_split"] == "val"
+    assert parent.data.params["base.train.final_test"] == "False"  # trials never score test
     assert parent.data.metrics["best_top1"] == pytest.approx(result.best_metric)
 
     runs = client.search_runs(
@@ -250,7 +254,8 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
         assert len(client.get_metric_history(run.info.run_id, "val_top1")) == row["epochs"]
         if row["trial_id"].endswith("_00000"):
             assert row["status"] == "completed", row
-            assert row["epochs"] == 2 and "test_top1" in row and run.info.status == "FINISHED"
+            assert row["epochs"] == 2 and run.info.status == "FINISHED"
+            assert "test_top1" not in row and params["selection.split"] == "val"
         else:  # ended after one epoch: the run is closed as KILLED, and the next trial got its CPU
             assert row["status"] == "stopped", row
             assert row["epochs"] == 1 and run.info.status == "KILLED"
@@ -286,7 +291,7 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
         assert f.read() == table_text
 
     # Re-running the same sweep restores it: nothing trains again, the same best comes back.
-    again = run_sweep(exp, train_uri, test_uri, **kwargs)
+    again = run_sweep(exp, train_uri, **kwargs)
     assert again.parent_run_id == result.parent_run_id
     runs_after = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
@@ -306,14 +311,16 @@ def test_failed_trials_are_reported(ray_with_state_api, tiny_ucf, tmp_path):
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    train_uri, test_uri = tiny_ucf
+    train_uri, val_uri = tiny_ucf
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = _tiny_exp()
+    with pytest.raises(ValueError, match="ranks trials on the val split"):
+        run_sweep(exp, train_uri, val_manifest=None, num_samples=1, storage_path=str(tmp_path), name="x")
     with pytest.raises(RuntimeError, match="too few") as info:
         run_sweep(
             exp,
             train_uri,
-            test_uri,
+            val_manifest=val_uri,
             num_samples=1,
             storage_path=str(tmp_path / "ray"),
             name="broken",

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 RAY_NUM_CPUS = 4
 
 
-def _dataset(root, layout: str, num_classes: int, videos_per_class: int) -> tuple[str, str]:
+def _dataset(root, layout: str, num_classes: int, videos_per_class: int) -> tuple[str, str, str]:
+    """(train, val, test) manifest paths of a generated dataset; val carved from train (10%)."""
     summary = synthesize(
         layout,
         str(root / "data"),
@@ -43,7 +44,7 @@ def _dataset(root, layout: str, num_classes: int, videos_per_class: int) -> tupl
     )
     out = str(root / "manifests")
     prepare_manifest(layout, summary.videos_uri, summary.annotations_uri, out, use_ray=False)
-    return os.path.join(out, "train.parquet"), os.path.join(out, "test.parquet")
+    return tuple(os.path.join(out, f"{split}.parquet") for split in ("train", "val", "test"))
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +61,36 @@ def _smoke(num_classes: int, dataset: str = "ucf101", **overrides):
 
 
 def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, ucf_data, tmp_path):
-    """About a minute of 2-worker training on the generator's multi-frame classes beats chance (0.2) widely."""
+    """About a minute of 2-worker training on the generator's multi-frame classes beats chance (0.2) widely.
+    Epochs are chosen on val, test is scored once on the chosen weights: the two score disjoint videos."""
     from mlflow.tracking import MlflowClient
 
-    train_uri, test_uri = ucf_data
+    train_uri, val_uri, test_uri = ucf_data
     exp = _smoke(5, **{"train.epochs": 8, "train.eval_every": 4})
     uri = _mlflow(tmp_path)
     result = fit(
-        exp, train_uri, test_uri, storage_path=str(tmp_path / "ray"), run_name="r1", tracking_uri=uri
+        exp,
+        train_uri,
+        test_uri,
+        val_manifest=val_uri,
+        storage_path=str(tmp_path / "ray"),
+        run_name="r1",
+        tracking_uri=uri,
     )
 
     num_train = read_manifest(train_uri)[0].num_rows
     assert result.metrics["global_step"] == 8 * steps_per_epoch(num_train, 2, exp.train.batch_size)
-    assert result.metrics["test_top1"] >= 0.5, result.metrics
-    assert result.metrics["test_num_videos_scored"] == read_manifest(test_uri)[0].num_rows
+    # Chance is 0.2. The epoch is chosen on val (5 videos), not on test as before, and 5 training videos went to
+    # val: test top-1 was 0.45 in the run that introduced val (it was >= 0.5 when chosen on test itself).
+    assert result.metrics["test_top1"] >= 0.4, result.metrics
+    # Val and test score disjoint videos: each evaluation scores every video of its own manifest and none outside
+    # it (check_complete raises on a video outside the evaluated manifest), and the manifests share no video.
+    val_ids = set(read_manifest(val_uri)[0].column("video_id").to_pylist())
+    test_ids = set(read_manifest(test_uri)[0].column("video_id").to_pylist())
+    train_ids = set(read_manifest(train_uri)[0].column("video_id").to_pylist())
+    assert val_ids and val_ids.isdisjoint(test_ids) and val_ids.isdisjoint(train_ids)
+    assert result.metrics["test_num_videos_scored"] == len(test_ids)
+    assert result.metrics["best_top1"] >= 0.0  # chosen on val
     assert os.path.exists(os.path.join(result.checkpoint_uri, "state.pt"))
     assert os.path.exists(os.path.join(result.checkpoint_uri, "best_model.pt"))
 
@@ -84,12 +101,19 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
     params = run.data.params
     assert params["model.backbone"] == "resnet_debug"
     assert params["train.num_workers"] == "2"
+    assert params["selection.split"] == "val" and params["manifest.val.uri"] == val_uri
     assert len(params["manifest.train.sha256"]) == 64
     history = client.get_metric_history(run.info.run_id, "train_classification")
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"training loss did not decrease: {losses}"
     assert len(client.get_metric_history(run.info.run_id, "val_top1")) == 2  # epochs 4 and 8
+    val_scored = client.get_metric_history(run.info.run_id, "val_num_videos_scored")
+    assert [m.value for m in val_scored] == [len(val_ids)] * 2
+    best = client.get_metric_history(run.info.run_id, "best_top1")
+    assert max(m.value for m in best) == max(
+        m.value for m in client.get_metric_history(run.info.run_id, "val_top1")
+    )
     assert "test_top1" in run.data.metrics and "test_mean_class_accuracy" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.csv"} <= artifacts
@@ -104,7 +128,7 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
 def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    train_uri, test_uri = _dataset(tmp_path, "charades", num_classes=6, videos_per_class=6)
+    train_uri, val_uri, test_uri = _dataset(tmp_path, "charades", num_classes=6, videos_per_class=6)
     exp = _smoke(
         6,
         dataset="charades",
@@ -112,7 +136,13 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
     )
     uri = _mlflow(tmp_path)
     result = fit(
-        exp, train_uri, test_uri, storage_path=str(tmp_path / "ray"), run_name="c1", tracking_uri=uri
+        exp,
+        train_uri,
+        test_uri,
+        val_manifest=val_uri,
+        storage_path=str(tmp_path / "ray"),
+        run_name="c1",
+        tracking_uri=uri,
     )
     assert 0.0 <= result.metrics["test_map"] <= 1.0
     micro_steps = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, exp.train.batch_size)
@@ -131,15 +161,22 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
 
 
 def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path):
+    """Resuming, and a run without a val split: no per-epoch selection, the last epoch's weights are kept."""
     from mlflow.tracking import MlflowClient
 
-    train_uri, test_uri = ucf_data
+    train_uri, val_uri, test_uri = ucf_data
     uri = _mlflow(tmp_path)
 
     def run(epochs: int):
         exp = _smoke(5, **{"train.epochs": epochs})
         return fit(
-            exp, train_uri, test_uri, storage_path=str(tmp_path / "ray"), run_name="r", tracking_uri=uri
+            exp,
+            train_uri,
+            test_uri,
+            val_manifest=None,
+            storage_path=str(tmp_path / "ray"),
+            run_name="r",
+            tracking_uri=uri,
         )
 
     first = run(2)
@@ -160,6 +197,10 @@ def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path
     client = MlflowClient(tracking_uri=uri)
     assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "epoch")) == [1, 2, 3]
     assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "final")) == [2, 3]
+    assert client.get_run(first.mlflow_run_id).data.params["selection.split"] == "last_epoch"
+    assert not client.get_metric_history(first.mlflow_run_id, "val_top1")  # nothing scored per epoch
+    assert "best_top1" not in third.metrics
+    assert os.path.exists(os.path.join(third.checkpoint_uri, "best_model.pt"))  # the last epoch's weights
 
 
 def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_path):
@@ -168,7 +209,7 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_pa
     import psutil
     from mlflow.tracking import MlflowClient
 
-    train_uri, test_uri = ucf_data
+    train_uri, val_uri, test_uri = ucf_data
     storage = tmp_path / "ray"
     exp = _smoke(5, **{"train.epochs": 4, "train.max_failures": 2})
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, num_heatmap_clips=0))
@@ -196,7 +237,15 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_pa
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
     uri = _mlflow(tmp_path)
-    result = fit(exp, train_uri, test_uri, storage_path=str(storage), run_name="k", tracking_uri=uri)
+    result = fit(
+        exp,
+        train_uri,
+        test_uri,
+        val_manifest=val_uri,
+        storage_path=str(storage),
+        run_name="k",
+        tracking_uri=uri,
+    )
     killer.join(timeout=1)
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert killed, "no train worker was found to kill"
