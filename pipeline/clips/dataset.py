@@ -290,7 +290,7 @@ def decode_clip_batch(
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
-        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``FRAME_INDEX``, the label column and, for
+        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``FRAME_INDEX``, the label column and, for
             multi-label manifests, ``SEGMENTS``).
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
@@ -306,6 +306,7 @@ def decode_clip_batch(
 
     ids = batch.column(schema.VIDEO_ID).to_pylist()
     uris = batch.column(schema.VIDEO_URI).to_pylist()
+    frame_counts = batch.column(schema.NUM_FRAMES).to_pylist()
     frame_indices = batch.column(schema.FRAME_INDEX).to_pylist()
     multi_label = num_classes is not None
     labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
@@ -324,14 +325,19 @@ def decode_clip_batch(
         epochs = [epoch] * len(ids)
 
     frames, out_labels, out_ids, out_views, failures = [], [], [], [], []
-    for video_id, uri, frame_index, label, video_segments, video_epoch in zip(
-        ids, uris, frame_indices, labels, segments, epochs, strict=True
+    for video_id, uri, num_frames, frame_index, label, video_segments, video_epoch in zip(
+        ids, uris, frame_counts, frame_indices, labels, segments, epochs, strict=True
     ):
         rng = sampling.clip_rng(config.seed, video_epoch, video_id) if config.train else None
         try:
             if not frame_index:
                 raise VideoDecodeError(uri, "the manifest gives no frame index")
             index = index_from_bytes(uri, frame_index)
+            if num_frames != index.num_frames:  # an edited or stale manifest: its row and its index disagree
+                raise VideoDecodeError(
+                    uri,
+                    f"the manifest row says {num_frames} frames, its frame index {index.num_frames} frames",
+                )
             views, indices = decode_views(uri, index, config, rng)
         except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
@@ -470,7 +476,9 @@ def build_clip_dataset(
         multi_label and schema.SEGMENTS not in table.column_names
     ):  # TSN: segments unused, but one batch layout
         table = table.append_column(schema.SEGMENTS, pa.nulls(table.num_rows, pa.list_(schema.SEGMENT_TYPE)))
-    table = table.select([schema.VIDEO_ID, schema.VIDEO_URI, schema.FRAME_INDEX, *label_columns])
+    table = table.select(
+        [schema.VIDEO_ID, schema.VIDEO_URI, schema.NUM_FRAMES, schema.FRAME_INDEX, *label_columns]
+    )
     if config.train:
         # Manifests list videos class by class; a block (and so a batch) of consecutive rows would hold one class.
         # With a fixed epoch, the order is drawn per epoch; with epoch=None (one dataset re-iterated by Ray Train),

@@ -102,7 +102,7 @@ def test_corrupt_and_missing_videos_are_dropped_and_reported(ray_local, videos, 
     assert report.ids == ["broken", "gone", "too_short"]
     assert report.num_failed == 3
     assert all(reason for reason in report.reasons.values())
-    assert "24 frames" in report.reasons["too_short"]
+    assert "says 500 frames, its frame index 24 frames" in report.reasons["too_short"]
     assert "broken" in report.summary()
 
 
