@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.clips.dataset import ClipConfig, decode_views
-from pipeline.video.decode import index_video
+from pipeline.video.decode import index_video, read_video_bytes
 
 
 def contact_sheet_png(clip: np.ndarray) -> bytes:
@@ -58,7 +58,7 @@ def inspect_video(
     Raises:
         pipeline.video.decode.VideoDecodeError: the video cannot be decoded.
     """
-    data = storage.read_bytes(uri)
+    data = read_video_bytes(uri)
     probe = index_video(uri, data=data)
     config = ClipConfig(
         num_segments=num_segments,

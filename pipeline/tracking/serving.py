@@ -51,7 +51,7 @@ from pipeline.config import (
 from pipeline.evaluation.evaluate import predict_batches
 from pipeline.evaluation.metrics import aggregate_views
 from pipeline.tracking.runs import process_uris
-from pipeline.video.decode import VideoDecodeError, index_video
+from pipeline.video.decode import VideoDecodeError, index_video, read_video_bytes
 from stpa_model import STPANet
 
 VIDEO_COLUMN = "video"  # the input column and the first output column
@@ -202,7 +202,7 @@ class STPAVideoClassifier(mlflow.pyfunc.PythonModel):
 
         uri = storage.normalize_uri(video)
         try:
-            data = storage.read_bytes(uri)
+            data = read_video_bytes(uri)
             views, _ = decode_views(uri, index_video(uri, data=data), self.exp.test_clips, None, data=data)
         except VideoDecodeError as error:
             raise VideoPredictionError(video, error.reason) from error

@@ -161,7 +161,12 @@ class VideoIndex:
 
 
 # --- opening ----------------------------------------------------------------------------------------------------
-def _load(uri: str, data: bytes | None) -> bytes:
+def read_video_bytes(uri: str, data: bytes | None = None) -> bytes:
+    """The file's bytes through fsspec (``data`` when the caller holds them already).
+
+    Raises:
+        VideoDecodeError: the file cannot be read (names the file and the store's error).
+    """
     if data is not None:
         return data
     try:
@@ -321,7 +326,7 @@ def index_video(uri: str, *, data: bytes | None = None, allow_decord: bool = Fal
     Raises:
         VideoDecodeError: PyAV cannot open the file, it has no video stream, or no frame decodes.
     """
-    data = _load(uri, data)
+    data = read_video_bytes(uri, data)
     container, stream = _open(uri, data)
     try:
         codec_context = stream.codec_context
@@ -706,7 +711,7 @@ def read_frames(
         )
     array = _check_indices(index, indices)
     wanted, inverse = np.unique(array, return_inverse=True)  # sorted, unique; wanted[inverse] == array
-    data = _load(uri, data)
+    data = read_video_bytes(uri, data)
     stats = stats if stats is not None else ReadStats()
     frames = None
     if method == DECORD:
