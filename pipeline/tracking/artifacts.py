@@ -154,8 +154,8 @@ def log_model(uri: str, run_id: str, exp, weights_path: str, class_names: list[s
         run_id: The training run.
         exp: The run's ``ExperimentConfig``.
         weights_path: The best model's state dict (``best_model.pt``).
-        class_names: Class names in label order; default: those of the run's test manifest (param
-            ``manifest.test.uri``, logged when the run started).
+        class_names: Class names in label order; default: those of the run's training manifest (param
+            ``manifest.train.uri``, logged when the run started; every split of a dataset lists the same classes).
 
     Returns:
         The model URI, ``runs:/<run_id>/model``.
@@ -164,7 +164,7 @@ def log_model(uri: str, run_id: str, exp, weights_path: str, class_names: list[s
 
     if class_names is None:
         params = MlflowClient(tracking_uri=uri).get_run(run_id).data.params
-        if "manifest.test.uri" not in params:
-            raise ValueError(f"run {run_id} has no param manifest.test.uri: pass the class names")
-        class_names = manifest_class_names(params["manifest.test.uri"])
+        if "manifest.train.uri" not in params:
+            raise ValueError(f"run {run_id} has no param manifest.train.uri: pass the class names")
+        class_names = manifest_class_names(params["manifest.train.uri"])
     return log_pyfunc_model(uri, run_id, exp, weights_path, class_names)

@@ -49,7 +49,14 @@ CONFIG_TAG = "stpa.config"  # the ExperimentConfig as JSON (dataclasses.asdict)
 GIT_COMMIT_TAG = "stpa.git_commit"
 RUN_ID_TAG = "stpa.run_id"
 DATASET_TAG = "stpa.dataset"
-MANIFEST_PARAMS = ("manifest.train.sha256", "manifest.test.sha256", "manifest.train.uri", "manifest.test.uri")
+MANIFEST_PARAMS = (
+    "manifest.train.sha256",
+    "manifest.val.sha256",
+    "manifest.test.sha256",
+    "manifest.train.uri",
+    "manifest.val.uri",
+    "manifest.test.uri",
+)
 # Lock model tags.
 LOCK_HOLDER_TAG = "stpa.lock.holder"
 LOCK_ACQUIRED_TAG = "stpa.lock.acquired_unix"
