@@ -1,4 +1,5 @@
-"""The ``stpa`` command line: ``stpa prepare``, ``stpa synth``, ``stpa inspect``, ``stpa models``, ``stpa predict``.
+"""The ``stpa`` command line: ``stpa prepare``, ``stpa transcode``, ``stpa synth``, ``stpa inspect``, ``stpa models``,
+``stpa predict``.
 
 Each subcommand parses its flags here and calls one function of the pipeline; heavy imports (Ray, decord, torch)
 happen inside the handlers so ``stpa --help`` is instant.
@@ -37,6 +38,31 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         val_seed=args.val_seed,
     )
     print(report.summary())
+    return 0
+
+
+def _cmd_transcode(args: argparse.Namespace) -> int:
+    from pipeline.data.transcode import transcode_manifests
+    from pipeline.video.transcode import TranscodeSettings
+
+    try:
+        settings = TranscodeSettings(
+            short_side=args.short_side,
+            keyframe_interval=args.keyframe_interval,
+            crf=args.crf,
+            preset=args.preset,
+        )
+    except ValueError as error:
+        raise SystemExit(f"stpa transcode: {error}") from None
+    report = transcode_manifests(args.manifest, args.out, settings, num_workers=args.num_workers)
+    print(report.summary())
+    if report.failures:
+        print(
+            f"stpa transcode: {len(report.failures)} video(s) could not be transcoded and are left out of the new "
+            f"manifests; see {report.report_uri}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -250,6 +276,36 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_prepare)
 
 
+def _add_transcode(sub: argparse._SubParsersAction) -> None:
+    """``stpa transcode``."""
+    p = sub.add_parser(
+        "transcode",
+        help="seek-friendly H.264 copies of a manifest's videos, and a manifest pointing at them",
+        description="Re-encode every video of the manifest(s) with Ray tasks into H.264 MP4 at a short side and a "
+        "fixed keyframe interval (frame i of a copy is frame i of its source, timestamps kept, rotation applied), "
+        "check each copy against its source, and write <out>/<manifest name> pointing at the copies. Originals are "
+        "untouched; a re-run reuses finished copies whose settings and source match; a video that fails is "
+        "reported and left out (exit status 1), the others go on.",
+    )
+    p.add_argument(
+        "--manifest", action="append", required=True, help="manifest URI (repeat for train, val and test)"
+    )
+    p.add_argument("--out", required=True, help="output folder (URI): copies, new manifests, report")
+    p.add_argument("--short-side", type=int, default=256, help="shorter side of the copies (never upscaled)")
+    p.add_argument("--keyframe-interval", type=int, default=16, help="frames between keyframes (IDR)")
+    p.add_argument(
+        "--crf", type=int, default=20, help="x264 constant rate factor (quality; 23 is x264's default)"
+    )
+    p.add_argument("--preset", default="veryfast", help="x264 speed preset")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="CPUs of the local Ray started when none runs (default: all)",
+    )
+    p.set_defaults(handler=_cmd_transcode)
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     """``stpa synth``."""
     p = sub.add_parser(
@@ -349,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
+    _add_transcode(sub)
     _add_synth(sub)
     _add_inspect(sub)
     tracking = _tracking_parent()

@@ -23,7 +23,9 @@ when no val split was carved), ``<out>/test.parquet``):
 Schema metadata (bytes keys): ``stpa.dataset`` (e.g. ``ucf101``), ``stpa.class_names`` (JSON list, index = label),
 ``stpa.multi_label`` (``"true"``/``"false"``), ``stpa.split`` (official split number as a string),
 ``stpa.manifest_version`` (``MANIFEST_VERSION``; a manifest of another version must be prepared again),
-``stpa.val_split`` (JSON: how val was carved, ``pipeline.data.val_split.ValSplit``; ``""`` when not recorded).
+``stpa.val_split`` (JSON: how val was carved, ``pipeline.data.val_split.ValSplit``; ``""`` when not recorded),
+``stpa.transcode`` (JSON, only in manifests of seek-friendly copies written by ``pipeline.data.transcode``: the
+source manifest, the copies' folder and the encoder settings).
 
 Clip batch (numpy dict, as yielded by Ray Data ``iter_batches(batch_format="numpy")``):
 
@@ -94,6 +96,7 @@ META_MULTI_LABEL: Final = b"stpa.multi_label"
 META_SPLIT: Final = b"stpa.split"
 META_MANIFEST_VERSION: Final = b"stpa.manifest_version"
 META_VAL_SPLIT: Final = b"stpa.val_split"
+META_TRANSCODE: Final = b"stpa.transcode"
 
 
 def manifest_schema(

@@ -4,8 +4,11 @@ Each runs as a Ray task, possibly on another node, so everything it needs comes 
 step's key), ``ctx.settings`` (not part of the key: tracking URI and the like) and its upstream steps' outputs, and
 everything it leaves goes to ``ctx.out_dir`` or MLflow. Outputs are small JSON dicts of URIs, ids and metrics.
 
-    data ─▶ prepare ─▶ [cache] ─▶ train ─▶ evaluate ─▶ register
-                          └──▶ [sweep] ──┘ (sweep: the best trial's overrides feed train)
+    data ─▶ prepare ─▶ [transcode] ─▶ [cache] ─▶ train ─▶ evaluate ─▶ register
+                                        └──▶ [sweep] ──┘ (sweep: the best trial's overrides feed train)
+
+``transcode`` (``--transcode``) returns prepare's outputs with the manifests of its seek-friendly copies in place of
+prepare's, and every later step takes it as its ``prepare`` input: cache, sweep, train and evaluate read the copies.
 """
 
 from __future__ import annotations
@@ -84,6 +87,32 @@ def prepare(ctx: StepContext, data: dict | None = None) -> dict:
         "num_test": test_table.num_rows,
         "report": storage.join(out, "report.json"),
     }
+
+
+def transcode(ctx: StepContext, prepare: dict) -> dict:
+    """Seek-friendly copies of every video of prepare's manifests (``pipeline.data.transcode``, one Ray task per
+    video); prepare's outputs with the new manifests, their hashes and row counts in place of prepare's. A re-run
+    of the step (same key, same folder) reuses the copies already made."""
+    from pipeline.data.transcode import transcode_manifests
+    from pipeline.video.transcode import TranscodeSettings
+
+    cfg = ctx.config
+    settings = TranscodeSettings(short_side=cfg["short_side"], keyframe_interval=cfg["keyframe_interval"])
+    splits = [name for name in ("train", "val", "test") if prepare.get(f"{name}_manifest")]
+    report = transcode_manifests(
+        [prepare[f"{name}_manifest"] for name in splits], storage.join(ctx.out_dir, "copies"), settings
+    )
+    print(report.summary(), flush=True)
+    outputs = dict(prepare)
+    for name in splits:
+        new = report.manifest_uris[storage.normalize_uri(prepare[f"{name}_manifest"])]
+        outputs[f"{name}_manifest"] = new
+        outputs[f"{name}_sha256"] = _sha256(new)
+        outputs[f"num_{name}"] = report.num_rows[new]
+    outputs["source_manifests"] = {name: prepare[f"{name}_manifest"] for name in splits}
+    outputs["transcode_report"] = report.report_uri
+    outputs["num_transcode_failures"] = len(report.failures)
+    return outputs
 
 
 def _sha256(uri: str) -> str:

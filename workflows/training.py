@@ -2,10 +2,13 @@
 
 Both build a DAG of steps (``workflows/steps.py``) and run it with ``pipeline.workflow.run_workflow``::
 
-    data ─▶ prepare ─▶ [cache] ─▶ train ─────────────▶ evaluate ─▶ register      (train_<dataset>.py)
-    data ─▶ prepare ─▶ [cache] ─▶ sweep ─▶ train (best config) ─▶ evaluate ─▶ register   (sweep_<dataset>.py)
+    data ─▶ prepare ─▶ [transcode] ─▶ [cache] ─▶ train ─────────────▶ evaluate ─▶ register      (train_<dataset>.py)
+    data ─▶ prepare ─▶ [transcode] ─▶ [cache] ─▶ sweep ─▶ train (best config) ─▶ evaluate ─▶ register
 
-``data`` only when no ``--data-root`` is given (a small dataset in the official layout is generated). The same
+``data`` only when no ``--data-root`` is given (a small dataset in the official layout is generated).
+``transcode`` only with ``--transcode``: seek-friendly copies of every video, whose manifests replace prepare's for
+every later step (cache, sweep, train and evaluate read the copies; ``stpa predict`` still decodes what it is
+given, usually originals, which the copies match frame for frame but not pixel for pixel). The same
 file works three ways: plain ``python`` starts a local Ray; inside ``ray job submit`` (which sets RAY_ADDRESS) or with
 ``RAY_ADDRESS`` set it joins that cluster. Re-running with the same ``--workflow-id`` (by default derived from the
 configuration) skips finished steps and resumes training from its last checkpoint.
@@ -59,6 +62,18 @@ def build_parser(dataset: str, sweep: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clip-cache", action="store_true", help="decode the training clips once (cache step)"
+    )
+    parser.add_argument(
+        "--transcode",
+        action="store_true",
+        help="re-encode every video once into seek-friendly H.264 copies (transcode step, stpa transcode); later "
+        "steps read the copies",
+    )
+    parser.add_argument(
+        "--transcode-short-side", type=int, default=256, help="transcode: shorter side of the copies"
+    )
+    parser.add_argument(
+        "--transcode-keyframe-interval", type=int, default=16, help="transcode: frames between keyframes"
     )
     parser.add_argument(
         "--workflow-id", default=None, help="names the run; the same id resumes it (default: from the config)"
@@ -162,6 +177,24 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
         inputs={"data": data} if data else {},
         num_cpus=1,
     )
+    transcode_config = None
+    if args.transcode:
+        from pipeline.video.transcode import TranscodeSettings
+
+        try:  # a bad value fails here, before Ray starts
+            TranscodeSettings(
+                short_side=args.transcode_short_side, keyframe_interval=args.transcode_keyframe_interval
+            )
+        except ValueError as error:
+            raise SystemExit(f"--transcode: {error}") from None
+        transcode_config = {
+            "short_side": args.transcode_short_side,
+            "keyframe_interval": args.transcode_keyframe_interval,
+        }
+        # Its outputs are prepare's with the copies' manifests: every later step takes it as its "prepare" input.
+        prepare = Step(
+            "transcode", steps.transcode, config=transcode_config, inputs={"prepare": prepare}, num_cpus=0
+        )
     upstream = {"prepare": prepare}
     if args.clip_cache:
         upstream["cache"] = Step("cache", steps.cache, config=experiment, inputs={"prepare": prepare})
@@ -173,6 +206,8 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
         "val_fraction": args.val_fraction,
         "clip_cache": args.clip_cache,
     }
+    if transcode_config:  # only when on: workflow ids of runs without it stay what they were
+        identity["transcode"] = transcode_config
     if sweep:
         sweep_config = {
             **experiment,

@@ -175,7 +175,7 @@ def read_video_bytes(uri: str, data: bytes | None = None) -> bytes:
         raise VideoDecodeError(uri, f"cannot read the file ({type(error).__name__}: {error})") from error
 
 
-def _open(
+def open_video(
     uri: str, data: bytes, stream_index: int | None = None
 ) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """The container and its main video stream, set up for single-threaded decoding.
@@ -185,6 +185,9 @@ def _open(
     frame of the video. ``av_find_best_stream`` (libavformat) has no attached-picture test: it ranks streams by
     a disposition score (the default flag, not hearing/visually impaired), then by min(5, frames its stream
     probe saw), then bitrate, so a poster flagged default beside a video not flagged default would win there.
+
+    Raises:
+        VideoDecodeError: PyAV cannot open the bytes, or they hold no video stream but attached pictures.
     """
     try:
         container = av.open(io.BytesIO(data), mode="r")
@@ -251,7 +254,7 @@ def _scan_packets(
 
 def _first_frames(uri: str, data: bytes, stream_index: int, count: int) -> list[av.VideoFrame]:
     """The first ``count`` frames (fewer in a shorter video) of a sequential decode, unconverted."""
-    container, stream = _open(uri, data, stream_index)
+    container, stream = open_video(uri, data, stream_index)
     frames: list[av.VideoFrame] = []
     try:
         for frame in container.decode(stream):
@@ -270,7 +273,7 @@ def _first_frames(uri: str, data: bytes, stream_index: int, count: int) -> list[
 
 def _sequential_timestamps(uri: str, data: bytes, stream_index: int) -> tuple[np.ndarray, np.ndarray]:
     """``(pts, keyframe_pts)`` of a full sequential decode; a frame without pts gets its output position."""
-    container, stream = _open(uri, data, stream_index)
+    container, stream = open_video(uri, data, stream_index)
     pts, keys = [], []
     try:
         for position, frame in enumerate(container.decode(stream)):
@@ -327,7 +330,7 @@ def index_video(uri: str, *, data: bytes | None = None, allow_decord: bool = Fal
         VideoDecodeError: PyAV cannot open the file, it has no video stream, or no frame decodes.
     """
     data = read_video_bytes(uri, data)
-    container, stream = _open(uri, data)
+    container, stream = open_video(uri, data)
     try:
         codec_context = stream.codec_context
         # With reordering, the decoder's output order is checked over the first frames (a few mini-GOPs).
@@ -553,7 +556,7 @@ class _SeekReader:
             self.container.close()
             self.container = None
         if self.container is None:
-            self.container, self.stream = _open(self.index.uri, self.data, self.index.stream_index)
+            self.container, self.stream = open_video(self.index.uri, self.data, self.index.stream_index)
         latest_pts = None
         if keyframe > 0:
             self.stats.num_seeks += 1
@@ -629,7 +632,7 @@ class _SeekReader:
 def _read_sequential(index: VideoIndex, data: bytes, wanted: np.ndarray, stats: ReadStats) -> np.ndarray:
     """Frames ``wanted`` (sorted, unique) by their output position in a decode from the start."""
     out = np.empty((len(wanted), index.height, index.width, 3), dtype=np.uint8)
-    container, stream = _open(index.uri, data, index.stream_index)
+    container, stream = open_video(index.uri, data, index.stream_index)
     row = 0
     try:
         for position, frame in enumerate(container.decode(stream)):

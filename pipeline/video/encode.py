@@ -108,7 +108,7 @@ def encode_video(
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
-    rate = _frame_rate(fps)
+    rate = frame_rate(fps)
     buffer = io.BytesIO()
     with av.open(
         buffer, mode="w", format=container_format, options=dict(container_options or {})
@@ -142,7 +142,7 @@ def write_video(uri: str, frames: np.ndarray, fps: float | Fraction, **kwargs: o
     return storage.normalize_uri(uri)
 
 
-def _frame_rate(fps: float | Fraction) -> Fraction:
+def frame_rate(fps: float | Fraction) -> Fraction:
     """``fps`` as an exact fraction: 29.97 -> 30000/1001, 25.0 -> 25."""
     if isinstance(fps, Fraction):
         return fps
