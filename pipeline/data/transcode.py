@@ -219,6 +219,11 @@ def transcode_job(job: _Job, settings: TranscodeSettings) -> dict:
 def _plan(manifests: dict[str, pa.Table], out: str) -> dict[str, tuple[str, str, bytes]]:
     """video id -> (source URI, copy URI, frame index) over all manifests; fails fast on conflicts."""
     videos: dict[str, tuple[str, str, bytes]] = {}
+    sources = {
+        storage.normalize_uri(uri)
+        for table in manifests.values()
+        for uri in table.column(schema.VIDEO_URI).to_pylist()
+    }
     for manifest_uri, table in manifests.items():
         columns = table.select([schema.VIDEO_ID, schema.VIDEO_URI, schema.FRAME_INDEX]).to_pydict()
         for video_id, uri, frame_index in zip(*columns.values(), strict=True):
@@ -226,8 +231,10 @@ def _plan(manifests: dict[str, pa.Table], out: str) -> dict[str, tuple[str, str,
                 copy = copy_uri_of(out, video_id)
             except ValueError as error:
                 raise ValueError(f"{manifest_uri}: {error}") from None
-            if copy == storage.normalize_uri(uri):
-                raise ValueError(f"{manifest_uri}: the copy of {video_id!r} would overwrite its source {uri}")
+            if copy in sources:
+                raise ValueError(
+                    f"{manifest_uri}: the copy of {video_id!r} would overwrite a source video, {copy}"
+                )
             if video_id in videos and videos[video_id][0] != uri:
                 raise ValueError(
                     f"{manifest_uri}: video id {video_id!r} names {uri} here and {videos[video_id][0]} in another "
@@ -255,19 +262,20 @@ def _run_tasks(
         task = ray.remote(num_cpus=1, max_retries=2)(transcode_job)
         pending = {task.remote(job, settings): job for job in jobs}  # [ray] one task per video
         results: dict[str, dict] = {}
-        step = max(1, len(jobs) // 10)
+        reported = 0
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
-            try:
-                results[job.video_id] = ray.get(done[0])
-            except (
-                ray.exceptions.RayError
-            ) as error:  # the worker died on every retry (a crash in FFmpeg, OOM)
-                results[job.video_id] = {
-                    "error": f"the transcoding task failed: {type(error).__name__}: {error}"
-                }
-            if len(results) % step == 0 or not pending:
+            # Every finished task at once (a wait per task would rescan thousands of pending refs each time).
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=5.0)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    results[job.video_id] = ray.get(ref)
+                except ray.exceptions.RayError as error:  # the worker died on every retry (FFmpeg crash, OOM)
+                    results[job.video_id] = {
+                        "error": f"the transcoding task failed: {type(error).__name__}: {error}"
+                    }
+            if len(results) - reported >= max(1, len(jobs) // 10) or not pending:
+                reported = len(results)
                 log(f"transcode: {len(results)}/{len(jobs)} videos done")
     finally:
         if started_here:

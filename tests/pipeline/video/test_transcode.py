@@ -4,6 +4,7 @@ frame i of the copy shows code i, at the source's time, with an IDR frame exactl
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from pipeline import storage
 from pipeline.video.decode import SEQUENTIAL, VideoDecodeError, index_video
 from pipeline.video.transcode import (
     TranscodeError,
@@ -147,6 +149,18 @@ def test_small_source_is_not_upscaled_and_keyframe_interval_is_the_setting(tmp_p
     assert [read_code(frame) for frame in frames] == list(range(50))
     assert frames[0].shape == (96, 128, 3)
     assert [key for _, _, key, _ in packets(result.uri)] == [i % 7 == 0 for i in range(50)]
+
+
+def test_copy_on_an_fsspec_store(sources: dict[str, str]) -> None:
+    """The copy goes through fsspec (here memory://), like every read and write of the project."""
+    result = transcode_video(sources["vfr.mp4"], "memory://copies/vfr.mp4", TranscodeSettings(short_side=48))
+    assert result.uri == "memory://copies/vfr.mp4"
+    data = storage.read_bytes(result.uri)
+    assert len(data) == result.num_bytes
+    with av.open(io.BytesIO(data)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert [upscaled_code(frame, 2) for frame in frames] == list(range(120))
+    storage.remove(result.uri)
 
 
 @pytest.mark.shared_data
