@@ -61,7 +61,16 @@ class Predictions:
 def predict_batches(
     model: nn.Module, batches, multi_label: bool, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> Predictions:
-    """Score every row of an iterable of numpy clip batches (``schema`` columns) with ``model`` in eval mode."""
+    """Score every row of an iterable of numpy clip batches (``schema`` columns) with ``model`` in eval mode.
+
+    A DistributedDataParallel (or ``torch.compile``) wrapper is taken off first: DDP's forward broadcasts the
+    module's buffers (BatchNorm statistics) from rank 0, a collective every rank must join, and ranks score
+    different numbers of batches (a round-robin shard of 1 video over 2 ranks gives one of them none), so scoring
+    through it hangs. Scoring needs no communication; ``gather_predictions`` is the one collective.
+    """
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     model.eval()
     ids, views, scores = [], [], []
     for batch in batches:
