@@ -4,7 +4,7 @@ Both train the same model config on the same clips: a generated UCF101-layout da
 decode-once cache (``pipeline.clips.cache``); the Ray side trains with ``pipeline.training.fit.fit(..., clip_cache=...)``
 (Ray Data streaming from the cache, ``iter_torch_batches``, DDP wrapper, per-epoch checkpoints), the plain side
 loads the very same cached batches into memory and runs forward / loss / backward / clip / step in a loop.
-Steps/s of the Ray loop is its own in-epoch measurement (``train_clips_per_s``, epochs after the first, which
+Steps/s of the Ray loop is its own in-epoch measurement (``train/clips_per_s``, epochs after the first, which
 includes Ray Data start-up), so the per-epoch validation and checkpointing it does besides are not counted.
 
 Prints per-measurement lines and, last:
@@ -118,9 +118,10 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
 
 
 def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir: str) -> float:
-    """In-loop steps/s of rank 0 (MLflow's ``train_clips_per_s`` history), epochs after the first."""
+    """In-loop steps/s of rank 0 (MLflow's ``train/clips_per_s`` history), epochs after the first."""
     from mlflow.tracking import MlflowClient
 
+    from pipeline import metric_names as names
     from pipeline.training.fit import fit
 
     uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"
@@ -137,7 +138,7 @@ def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir
         tracking_uri=uri,
         clip_cache=cache,
     )
-    history = MlflowClient(tracking_uri=uri).get_metric_history(result.mlflow_run_id, "train_clips_per_s")
+    history = MlflowClient(tracking_uri=uri).get_metric_history(result.mlflow_run_id, names.TRAIN_CLIPS_PER_S)
     per_epoch = [m.value for m in sorted(history, key=lambda m: m.step)][
         1:
     ]  # the first epoch includes start-up

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from pipeline import metric_names
 from pipeline.clips.dataset import ClipConfig
 from stpa_model import ModelConfig
 
 # The metric that chooses epochs and trials (on the val split) and champions (on test), per dataset.
-PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
+PRIMARY_METRIC = metric_names.PRIMARY
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def smoke(dataset: str, num_classes: int) -> ExperimentConfig:
             batch_size=4,
             num_workers=2,
             view_reduce="max" if multi_label else "mean",
-            log_every_steps=0,
+            log_every_steps=2,  # a progress line every 2 steps: a handful per epoch on the generated data
             num_heatmap_clips=2,
         ),
     )

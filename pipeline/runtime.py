@@ -4,6 +4,10 @@
 - Otherwise: start a local Ray on this machine, bound to 127.0.0.1, with token authentication on (Ray 2.60's
   default: the token lives in ``~/.ray/auth_token``).
 
+Library output is configured here, once, through the libraries' own settings (``library_log_env``): Ray's, Ray
+Data's and MLflow's INFO lines go to Ray's log files (``/tmp/ray/session_latest/logs``), not the console, so a
+workflow's output is its own progress plus warnings and errors.
+
 A local Ray advertises a few more logical CPUs than the machine has when training runs on CPU: Ray Train workers
 each hold a CPU for the whole run, and the Ray Data decode tasks that feed them need CPUs of their own, or they
 would wait for ever on a 2-core laptop. The OS shares the cores; nothing deadlocks.
@@ -11,7 +15,48 @@ would wait for ever on a 2-core laptop. The OS shares the cores; nothing deadloc
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+
+# Ray Train's DatasetManager passes Ray Data an option Ray Data itself deprecates (Ray 2.60): a warning per
+# training run about Ray's own code, which nothing on our side can change.
+RAY_TRAIN_DEPRECATION_FILTER = "ignore:`ExecutionOptions.exclude_resources`"
+
+
+def library_log_env() -> dict[str, str]:
+    """Environment settings for every process of a run (driver, step tasks, Ray Train and Ray Data workers).
+
+    - ``RAY_DATA_LOGGING_CONFIG``: Ray Data's logging config with the console at WARNING
+      (``pipeline/ray_data_logging.yaml``); its INFO lines stay in ``ray-data.log``.
+    - ``RAY_TQDM=0``: Ray Data reports progress as log lines (in that file) instead of distributed tqdm bars drawn
+      by the driver.
+    - ``MLFLOW_LOGGING_LEVEL=WARNING``: no INFO lines from MLflow (database creation and migration).
+    - ``PYTHONWARNINGS``: ignore ``RAY_TRAIN_DEPRECATION_FILTER``'s warning.
+    """
+    return {
+        "RAY_DATA_LOGGING_CONFIG": os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "ray_data_logging.yaml"
+        ),
+        "RAY_TQDM": "0",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "PYTHONWARNINGS": RAY_TRAIN_DEPRECATION_FILTER,
+    }
+
+
+class _TokenAuthOnFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_environment() -> dict[str, str]:
+    """``library_log_env`` without the settings the user made (theirs win), applied to this process; returned
+    for the job's runtime environment, which carries them to every worker on every node."""
+    env = {key: value for key, value in library_log_env().items() if key not in os.environ}
+    os.environ.update(env)
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in log files and job logs
+    return env
 
 
 def init_ray(address: str | None = None, *, num_train_workers: int = 0, num_cpus: int | None = None) -> None:
@@ -21,8 +66,11 @@ def init_ray(address: str | None = None, *, num_train_workers: int = 0, num_cpus
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    env = _quiet_environment()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(
+            address=address, log_to_driver=True, logging_level=logging.WARNING, runtime_env={"env_vars": env}
+        )
         return
     if num_cpus is None:
         num_cpus = (os.cpu_count() or 1) + num_train_workers
@@ -32,6 +80,16 @@ def init_ray(address: str | None = None, *, num_train_workers: int = 0, num_cpus
     # Ray process inherits it.
     dashboard_port = _free_port()
     os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{dashboard_port}")
+    # Ray 2.60 turns token authentication on for a new local cluster and warns that it did, on every start; it is
+    # what we want (README, "Security"), so that one record is dropped (a warning that it is off still shows).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _TokenAuthOnFilter()
+    )
+    # The raylet warns when more than 4x its worker start-up concurrency (min(cores, CPUs)) of worker processes
+    # exist. A run holds about a dozen (step tasks, Train controller and workers, Ray Data's coordinator and decode
+    # tasks), which on a 2-core laptop trips the warning without anything being wrong; allow 3x the CPUs we
+    # advertise (as SkyPilot does for its clusters).
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(3 * num_cpus))
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,
@@ -39,7 +97,9 @@ def init_ray(address: str | None = None, *, num_train_workers: int = 0, num_cpus
         dashboard_port=dashboard_port,
         _node_ip_address="127.0.0.1",
         configure_logging=True,
+        logging_level=logging.WARNING,
         log_to_driver=True,
+        runtime_env={"env_vars": env},
     )
 
 

@@ -25,8 +25,11 @@ node: it must read and write through ``pipeline.storage`` (fsspec) only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from typing import Any
 from pipeline import storage
 
 MARKER = "_SUCCESS"
+FORWARD_WAIT_S = 5.0  # how long the driver waits for a finished step's last output line to be forwarded
 OUTPUTS = "outputs.json"
 PLAN = "workflow.json"
 
@@ -180,10 +184,15 @@ def format_plan(statuses: Sequence[StepStatus], workflow_id: str) -> str:
     return "\n".join(lines)
 
 
+def _done_line(step: str) -> str:
+    """The line a step's task prints last (before its duration), which the driver waits for (``ForwardedLines``)."""
+    return f"{step}: done in "
+
+
 def _execute(fn: Callable[..., dict], ctx: StepContext, input_names: list[str], *upstream: dict) -> dict:
     """The body of every step's Ray task: run the function, then commit outputs and the marker (last)."""
     start = time.time()
-    print(f"[workflow {ctx.workflow_id}] {ctx.step}: started ({ctx.out_dir})", flush=True)
+    print(f"{ctx.step}: started", flush=True)
     outputs = fn(ctx, **dict(zip(input_names, upstream, strict=True)))
     if not isinstance(outputs, dict):
         raise TypeError(f"step {ctx.step!r} returned {type(outputs).__name__}, expected a dict")
@@ -191,7 +200,52 @@ def _execute(fn: Callable[..., dict], ctx: StepContext, input_names: list[str], 
     seconds = time.time() - start
     marker = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds, "key": ctx.key}
     storage.write_text(storage.join(ctx.out_dir, MARKER), json.dumps(marker))
+    print(f"{_done_line(ctx.step)}{format_seconds(seconds)}", flush=True)
     return outputs
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h01m``: a duration as people read it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ForwardedLines:
+    """The driver's stdout, passed through and watched for the line each step's task prints last.
+
+    Ray forwards a task's output to the driver asynchronously (a log monitor tails the worker's files), so without
+    waiting the driver's own next line (the summary, say) can come before the step's last lines. Ray prints
+    forwarded lines to whatever ``sys.stdout`` is at the time, so the driver installs this wrapper and, after a
+    step's result arrives, waits (briefly) for that step's ``_done_line``.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.seen: set[str] = set()
+        self.condition = threading.Condition()
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        if " done in " in text:
+            with self.condition:
+                self.seen.update(line for line in text.splitlines() if " done in " in line)
+                self.condition.notify_all()
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # encoding, isatty, fileno, ...: the stream's
+        return getattr(self.stream, name)
+
+    def wait_for(self, text: str, timeout_s: float) -> bool:
+        """Until a written line contains ``text`` (True) or ``timeout_s`` passes (False)."""
+        with self.condition:
+            return self.condition.wait_for(lambda: any(text in line for line in self.seen), timeout=timeout_s)
 
 
 def _retryable_exceptions() -> list[type[BaseException]]:
@@ -234,6 +288,7 @@ def run_workflow(
 
     results: dict[str, Any] = {}  # name -> outputs dict (committed) or ObjectRef (submitted)
     pending: dict[Any, str] = {}
+    submitted: list[str] = []
     for step in order:
         out_dir = step_dir(root, workflow_id, step.name, keys[step.name])
         marker = storage.join(out_dir, MARKER)
@@ -248,7 +303,7 @@ def run_workflow(
         ctx = StepContext(workflow_id, step.name, keys[step.name], out_dir, step.config, step.settings, fresh)
         names = list(step.inputs)
         task = ray.remote(_execute).options(
-            name=f"{workflow_id}.{step.name}",
+            name=step.name,  # the prefix of its forwarded output lines: "(train pid=...)"
             max_retries=step.max_retries,
             retry_exceptions=_retryable_exceptions(),
             num_cpus=step.num_cpus,
@@ -257,19 +312,41 @@ def run_workflow(
         ref = task.remote(step.fn, ctx, names, *(results[step.inputs[n].name] for n in names))  # [ray]
         results[step.name] = ref
         pending[ref] = step.name
-        log(f"submit {step.name} (key {keys[step.name]})")
+        submitted.append(step.name)
+    if submitted:
+        log(f"run {', '.join(submitted)}")
 
-    while pending:  # report steps as they finish; the first failure stops the workflow
-        done, _ = ray.wait(list(pending), num_returns=1)
-        name = pending.pop(done[0])
-        try:
-            results[name] = ray.get(done[0])
-        except Exception as e:
-            for ref in pending:
-                ray.cancel(ref)
-            raise WorkflowError(workflow_id, name, e) from e
-        log(f"done {name}")
+    wait_s = FORWARD_WAIT_S if _forwarding_output() else 0.0
+    with _watched_stdout() as forwarded:
+        while pending:  # steps as they finish; the first failure stops the workflow
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(done[0])
+            try:
+                results[name] = ray.get(done[0])
+            except Exception as e:
+                for ref in pending:
+                    ray.cancel(ref)
+                raise WorkflowError(workflow_id, name, e) from e
+            forwarded.wait_for(_done_line(name), timeout_s=wait_s)
     return results
+
+
+def _forwarding_output() -> bool:
+    """Whether this driver prints its tasks' output (``ray.init(log_to_driver=True)``, the default): Ray keeps no
+    public flag, only the thread that prints; without it there is no line to wait for."""
+    import ray._private.worker
+
+    return getattr(ray._private.worker.global_worker, "logger_thread", None) is not None
+
+
+@contextlib.contextmanager
+def _watched_stdout():
+    watcher = ForwardedLines(sys.stdout)
+    sys.stdout = watcher
+    try:
+        yield watcher
+    finally:
+        sys.stdout = watcher.stream
 
 
 class WorkflowError(RuntimeError):

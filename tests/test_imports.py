@@ -23,6 +23,7 @@ LAYERS = {
     "stpa_model": 0,
     "pipeline.storage": 0,
     "pipeline.schema": 0,
+    "pipeline.metric_names": 0,
     "pipeline.runtime": 0,
     "pipeline.workflow": 1,
     "pipeline.video": 1,

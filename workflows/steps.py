@@ -13,12 +13,14 @@ prepare's, and every later step takes it as its ``prepare`` input: cache, sweep,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import os
 
+from pipeline import metric_names as names
 from pipeline import storage
 from pipeline.config import ExperimentConfig, apply_overrides, experiment_from_dict, with_num_classes
 from pipeline.workflow import StepContext
@@ -162,15 +164,19 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
 def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dict | None = None) -> dict:
     """Ray Train (DDP) on the training manifest, weights chosen on val (the last epoch's without val); resumes from
     its last checkpoint when the step is re-run. Test is not read here: the evaluate step scores it once."""
+    from pipeline.tracking.runs import run_title
     from pipeline.training.fit import fit
 
     cfg = ctx.config
     best = (sweep or {}).get("best_overrides", {})
     exp = experiment_of(cfg, prepare["num_classes"], {**best, "train.final_test": False})
     run_name = _run_name(ctx)
-    tags = {"stpa.workflow_id": ctx.workflow_id, "stpa.step_key": ctx.key}
+    tags = {"stpa.workflow_id": ctx.workflow_id, "stpa.step_key": ctx.key, "stpa.preset": cfg["preset"]}
     if sweep:
         tags["stpa.sweep_run_id"] = sweep["parent_run_id"]
+    kind = ctx.settings.get("workflow", "train")
+    if ctx.settings.get("source"):  # MLflow's own tags: the run page's "Source", beside the git commit
+        tags.update({"mlflow.source.name": ctx.settings["source"], "mlflow.source.type": "LOCAL"})
     result = fit(
         exp,
         prepare["train_manifest"],
@@ -181,15 +187,41 @@ def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dic
         tracking_uri=ctx.settings["tracking_uri"],
         tags=tags,
         clip_cache=(cache or {}).get("clip_cache"),
+        title=run_title(kind, cfg["dataset"], cfg["preset"]) + (" (best trial retrained)" if sweep else ""),
+        description=_workflow_description(ctx, cfg, best, sweep),
     )
     return {
         "run_name": run_name,
         "mlflow_run_id": result.mlflow_run_id,
+        "mlflow_experiment_id": _experiment_id(ctx.settings["tracking_uri"], result.mlflow_run_id),
         "checkpoint_uri": result.checkpoint_uri,
         "metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
         "overrides": {**cfg.get("overrides", {}), **best},
         "experiment": dataclasses.asdict(exp),
     }
+
+
+def _workflow_description(ctx: StepContext, cfg: dict, best: dict, sweep: dict | None) -> str:
+    """The workflow's part of the run description: how to run it again, and what it changed."""
+    lines = [f"Workflow `{ctx.workflow_id}` (preset `{cfg['preset']}`), step `train` (key `{ctx.key}`)."]
+    if ctx.settings.get("command"):
+        lines.append(f"Run again (same id: finished steps are skipped): `{ctx.settings['command']}`")
+    if cfg.get("overrides"):
+        lines.append("Overrides: " + ", ".join(f"`{k}={v}`" for k, v in sorted(cfg["overrides"].items())))
+    if sweep:
+        lines.append(
+            f"The sweep's best trial (run `{sweep['best_run_id']}`, val {sweep['best_metric']:.4g}) retrained: "
+            + ", ".join(f"`{k}={v}`" for k, v in sorted(best.items()))
+        )
+    return "\n\n".join(lines)
+
+
+def _experiment_id(uri: str, run_id: str | None) -> str | None:
+    if not uri or not run_id:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
 
 
 def _run_name(ctx: StepContext) -> str:
@@ -205,7 +237,8 @@ def _run_name(ctx: StepContext) -> str:
 
 def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
     """Multi-view test, once, of the chosen weights (best epoch on val, or the last) with Ray Data batch inference;
-    metrics (``test_*``, ``test_num_videos_scored``) and plots go to the training run."""
+    metrics (``test/*``: ``pipeline.metric_names``), the decode-failure count (a tag) and plots go to the training
+    run."""
     import torch
 
     from pipeline.clips.ledger import DecodeReport
@@ -223,9 +256,12 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
         use_gpu=exp.train.use_gpu,
         report=report,
     )
-    metrics = {f"test_{k}": float(v) for k, v in scalars.items()}
-    metrics["test_decode_failures"] = float(report.num_failed)
-    print("test " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    metrics = {names.test(k): float(v) for k, v in scalars.items()}
+    print(
+        f"test ({exp.test_clips.num_views} views a video): {_format_scores(scalars)}; "
+        f"{int(scalars[names.NUM_VIDEOS_SCORED])} videos scored, {report.num_failed} could not be decoded",
+        flush=True,
+    )
     storage.write_text(
         storage.join(ctx.out_dir, "decode_failures.json"),
         json.dumps(report.reasons, indent=1, sort_keys=True),
@@ -238,13 +274,34 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
         from stpa_model import STPANet
 
         run = RankZeroRun(uri, run_id)
-        run.log_metrics(metrics, step=int(train["metrics"].get("epoch", 0)))
+        tags = {names.tag(names.TEST_DECODE_FAILURES): str(report.num_failed)}
+        run.log(metrics, tags, step=int(train["metrics"].get(names.GLOBAL_STEP, 0)))
         model = STPANet(exp.model)
         state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
         test_table, _ = read_manifest(prepare["test_manifest"])
         log_evaluation_artifacts(run, model.eval(), exp, test_table, details, torch.device("cpu"))
-    return {"metrics": metrics, "primary_metric": exp.primary_metric}
+    return {"metrics": metrics, "primary_metric": exp.primary_metric, "decode_failures": report.num_failed}
+
+
+def _format_scores(scalars: dict[str, float]) -> str:
+    """The quality metrics (not the counts) to 4 significant digits: ``mAP 0.4032  wAP 0.4411``."""
+    counts = (names.NUM_VIDEOS_SCORED, names.NUM_VIDEOS_MISSING)
+    return "  ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in counts)
+
+
+@contextlib.contextmanager
+def _mlflow_event_lines_off():
+    """MLflow's fluent registry announces each call on stderr, whatever ``MLFLOW_LOGGING_LEVEL`` says ("Successfully
+    registered model", "Created version", and that it resolved a ``runs:/`` URI to MLflow 3's logged model): three
+    lines of a workflow's output that the step's own line says better. Failures still raise."""
+    from mlflow.utils.logging_utils import disable_logging, enable_logging
+
+    disable_logging()
+    try:
+        yield
+    finally:
+        enable_logging()
 
 
 def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> dict:
@@ -255,24 +312,37 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
     if not uri or not train["mlflow_run_id"]:
         raise ValueError("register: MLflow tracking is off (no tracking URI): nothing to register")
     metrics = evaluate["metrics"]
-    primary = "test_" + evaluate["primary_metric"]
-    registration = register_model(
-        uri,
-        ctx.config["dataset"],
-        f"runs:/{train['mlflow_run_id']}/model",
-        metrics,
-        primary_metric=primary,
-        tags={
-            "workflow_id": ctx.workflow_id,
-            "train_manifest_sha256": prepare["train_sha256"],
-            "val_manifest_sha256": prepare.get("val_sha256") or "none",
-            "test_manifest_sha256": prepare["test_sha256"],
-            "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
-            "preset": ctx.config["preset"],
-        },
+    primary = names.test(evaluate["primary_metric"])
+    with _mlflow_event_lines_off():
+        registration = register_model(
+            uri,
+            ctx.config["dataset"],
+            f"runs:/{train['mlflow_run_id']}/model",
+            metrics,
+            primary_metric=primary,
+            tags={
+                "workflow_id": ctx.workflow_id,
+                "train_manifest_sha256": prepare["train_sha256"],
+                "val_manifest_sha256": prepare.get("val_sha256") or "none",
+                "test_manifest_sha256": prepare["test_sha256"],
+                "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
+                "preset": ctx.config["preset"],
+            },
+        )
+    if registration.is_champion:
+        verdict = "the new champion"
+    elif registration.previous_champion_version is not None:
+        verdict = (
+            f"a plain version (champion version {registration.previous_champion_version} has "
+            f"{registration.primary_metric} {registration.previous_champion_metric:.4g})"
+        )
+    else:
+        verdict = "a plain version"
+    print(
+        f"registered {registration.name} version {registration.version} "
+        f"({registration.primary_metric} {registration.value:.4g}): {verdict}",
+        flush=True,
     )
-    verdict = "is the new champion" if registration.is_champion else "stays a plain version (champion kept)"
-    print(f"registered {registration.name} version {registration.version}: {verdict}", flush=True)
     return {
         "name": registration.name,
         "version": str(registration.version),

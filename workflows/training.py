@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import sys
+import time
 
 from pipeline import storage
 
@@ -153,6 +156,9 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
         "storage": storage_root,
         "tracking_uri": tracking_uri(),
         "num_scorers": args.eval_scorers or (exp.train.num_workers if exp.train.use_gpu else 1),
+        "workflow": "sweep" if sweep else "train",
+        "command": " ".join(shlex.quote(word) for word in ["python", *sys.argv]),
+        "source": f"workflows/{'sweep' if sweep else 'train'}_{dataset}.py",
     }
 
     if args.data_root:
@@ -246,31 +252,94 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False):
 def main(dataset: str, argv: list[str] | None = None, sweep: bool = False) -> int:
     args = build_parser(dataset, sweep).parse_args(argv)
     from pipeline.runtime import init_ray
+    from pipeline.tracking.runs import tracking_uri
     from pipeline.workflow import WorkflowError, format_plan, plan, run_workflow
 
     targets, workflow_id, root, train_cfg = build_workflow(dataset, args, sweep)
     statuses = plan(targets, root, workflow_id)
-    print(format_plan(statuses, workflow_id), flush=True)
     if args.dry_run:
+        print(format_plan(statuses, workflow_id), flush=True)
         return 0
-    if args.rerun or not all(s.done for s in statuses):  # nothing to run: no cluster needed
+    num_done = sum(s.done for s in statuses)
+    print(
+        f"workflow {workflow_id}: {len(statuses)} steps ({num_done} done before), outputs in "
+        f"{storage.join(root, workflow_id)}",
+        flush=True,
+    )
+    start = time.monotonic()
+    if args.rerun or num_done < len(statuses):  # nothing to run: no cluster needed
         init_ray(num_train_workers=0 if train_cfg.use_gpu else train_cfg.num_workers)
     try:
         outputs = run_workflow(targets, root, workflow_id, rerun=args.rerun)
     except WorkflowError as e:
         print(str(e), flush=True)
         return 1
+    summary = workflow_summary(workflow_id, outputs, tracking_uri())
+    summary_uri = storage.join(root, workflow_id, SUMMARY_FILE)
+    storage.write_text(summary_uri, json.dumps(summary, indent=1, sort_keys=True, default=str))
+    print(format_summary(summary, time.monotonic() - start, summary_uri), flush=True)
+    return 0
+
+
+SUMMARY_FILE = "summary.json"  # <run root>/<workflow id>/summary.json: the final summary, for programs
+
+
+def workflow_summary(workflow_id: str, outputs: dict[str, dict], uri: str) -> dict:
+    """What a finished workflow produced: the run, its test metrics (``test/*``), the registered version."""
+    from pipeline import metric_names as names
+    from pipeline.tracking.runs import run_url
+
+    train, evaluate = outputs["train"], outputs["evaluate"]
     summary = {
         "workflow_id": workflow_id,
-        "mlflow_run_id": outputs["train"]["mlflow_run_id"],
-        **outputs["evaluate"]["metrics"],
+        "mlflow_run_id": train["mlflow_run_id"],
+        "mlflow_experiment_id": train.get("mlflow_experiment_id"),
+        "tracking_uri": uri,
+        "primary_metric": evaluate["primary_metric"],
+        "metrics": evaluate["metrics"],
+        names.TEST_DECODE_FAILURES: evaluate.get("decode_failures"),
     }
-    if "register" in outputs:
-        summary.update(
-            registered_version=outputs["register"]["version"], champion=outputs["register"]["is_champion"]
+    if uri and train["mlflow_run_id"] and train.get("mlflow_experiment_id"):
+        summary["mlflow_run_url"], summary["mlflow_ui_command"] = run_url(
+            uri, train["mlflow_experiment_id"], train["mlflow_run_id"]
         )
-    print(json.dumps(summary, default=str), flush=True)
-    return 0
+    if "register" in outputs:
+        summary["registered_model"] = outputs["register"]["name"]
+        summary["registered_version"] = outputs["register"]["version"]
+        summary["champion"] = outputs["register"]["is_champion"]
+    return summary
+
+
+def format_summary(summary: dict, seconds: float, summary_uri: str) -> str:
+    """The summary for people: test metrics to 4 significant digits, the model version, where to look."""
+    from pipeline import metric_names as names
+    from pipeline.workflow import format_seconds
+
+    metrics = summary["metrics"]
+    primary = names.test(summary["primary_metric"])
+    quality = [
+        k for k in metrics if k != primary and not k.endswith(("num_videos_scored", "num_videos_missing"))
+    ]
+    scores = "  ".join(f"{k.split('/', 1)[1]} {metrics[k]:.4g}" for k in [primary, *quality] if k in metrics)
+    scored = int(metrics.get(names.test(names.NUM_VIDEOS_SCORED), 0))
+    missing = int(metrics.get(names.test(names.NUM_VIDEOS_MISSING), 0))
+    lines = [
+        f"finished {summary['workflow_id']} in {format_seconds(seconds)}",
+        f"  test     {scores}   ({scored} of {scored + missing} videos scored)",
+    ]
+    if "registered_version" in summary:
+        state = (
+            "the champion" if summary["champion"] else "not the champion (an earlier version scores higher)"
+        )
+        lines.append(
+            f"  model    {summary['registered_model']} version {summary['registered_version']}, {state}"
+        )
+    if summary.get("mlflow_run_url"):
+        lines.append(f"  MLflow   {summary['mlflow_run_url']}")
+        if summary.get("mlflow_ui_command"):
+            lines.append(f"           (serve it first: {summary['mlflow_ui_command']})")
+    lines.append(f"  summary  {summary_uri}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline import metric_names as names
 from pipeline import schema
 from pipeline.clips.dataset import ClipConfig, build_clip_dataset
 from pipeline.config import ExperimentConfig, autocast_dtype
@@ -127,8 +128,8 @@ def compute_metrics(
     """Dataset metrics from gathered per-view predictions.
 
     Returns:
-        ``(scalars, details)``: scalar metrics for MLflow (``top1``, ``top5``, ``mean_class_accuracy`` or ``map``,
-        ``wap``; ``num_videos_scored``) and details for artifacts (confusion matrix or per-class AP, the
+        ``(scalars, details)``: scalar metrics named by ``pipeline.metric_names`` without a split (``top1``,
+        ``top5``, ``mean_class_accuracy`` or ``mAP``, ``wAP``; ``num_videos_scored``, ``num_videos_missing``) and details for artifacts (confusion matrix or per-class AP, the
         aggregated per-video scores).
     """
     video_ids, video_scores = aggregate_views(predictions.video_ids, predictions.scores, view_reduce)
@@ -139,10 +140,10 @@ def compute_metrics(
             gt[i, labels] = True
         m = charades_metrics(gt_ids, gt, video_ids, video_scores)
         scalars = {
-            "map": m.map,
-            "wap": m.wap,
-            "num_videos_scored": float(len(video_ids)),
-            "num_videos_missing": float(m.num_unpredicted),
+            names.MAP: m.map,
+            names.WAP: m.wap,
+            names.NUM_VIDEOS_SCORED: float(len(video_ids)),
+            names.NUM_VIDEOS_MISSING: float(m.num_unpredicted),
         }
         return scalars, {
             "per_class_ap": m.per_class_ap,
@@ -157,11 +158,11 @@ def compute_metrics(
     m = single_label_metrics(video_scores, labels) if len(labels) else None
     scale = len(video_ids) / len(gt_ids) if len(gt_ids) else 0.0
     scalars = {
-        "top1": (m.top1 * scale) if m else 0.0,
-        "top5": (m.top5 * scale) if m else 0.0,
-        "mean_class_accuracy": m.mean_class_accuracy if m else 0.0,
-        "num_videos_scored": float(len(video_ids)),
-        "num_videos_missing": float(num_missing),
+        names.TOP1: (m.top1 * scale) if m else 0.0,
+        names.TOP5: (m.top5 * scale) if m else 0.0,
+        names.MEAN_CLASS_ACCURACY: m.mean_class_accuracy if m else 0.0,
+        names.NUM_VIDEOS_SCORED: float(len(video_ids)),
+        names.NUM_VIDEOS_MISSING: float(num_missing),
     }
     return scalars, {"confusion": m.confusion if m else None, "video_ids": video_ids, "scores": video_scores}
 

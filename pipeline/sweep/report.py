@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline import metric_names as names
 from pipeline import storage
 from pipeline.config import ExperimentConfig, apply_overrides
 from pipeline.sweep.space import expand_overrides
@@ -41,11 +42,11 @@ STATUSES = ("completed", "stopped", "error")  # stopped: ASHA (or a stop criteri
 
 
 def is_finite(value: float | None) -> bool:
-    """A usable metric value: reported (not None) and finite (``best_*`` is -inf before the first validation)."""
+    """A usable metric value: reported (not None) and finite (``val/best_*`` is -inf before the first validation)."""
     return value is not None and math.isfinite(value)
 
 
-def _param_text(value: Any) -> Any:
+def param_text(value: Any) -> Any:
     """A trial's param value as one table cell: pyramid tuples as ``res4+res5``."""
     return "+".join(value) if isinstance(value, (tuple, list)) else value
 
@@ -65,27 +66,27 @@ def trial_row(exp: ExperimentConfig, result, storage_path: str) -> tuple[dict[st
     trial_exp = apply_overrides(exp, expand_overrides(exp, config))
     if result.error is not None:
         status = "error"
-    elif metrics.get("final") == 1:
+    elif metrics.get(names.FINAL) == 1:
         status = "completed"
     else:
         status = "stopped"
-    metric = "best_" + exp.primary_metric
+    metric = names.best(exp.primary_metric)
     row: dict[str, Any] = {
         "trial_id": os.path.basename(result.path.rstrip("/")),
         "mlflow_run_id": None,
         "status": status,
-        "epochs": int(metrics.get("epoch", 0)),
+        "epochs": int(metrics.get(names.EPOCH, 0)),
         "attention": trial_exp.model.attention,
         "pyramid_depth": len(trial_exp.model.pyramid_layers),
-        **{key: _param_text(value) for key, value in config.items()},  # the sampled param_space entries
+        **{key: param_text(value) for key, value in config.items()},  # the sampled param_space entries
         metric: float(metrics[metric]) if metric in metrics else None,  # None: never reported
     }
-    val_key = "val_" + exp.primary_metric
+    val_key = names.val(exp.primary_metric)
     history = result.metrics_dataframe
     if history is not None and val_key in history:
         values = history[val_key].dropna()
         row[val_key] = float(values.iloc[-1]) if len(values) else None
-    row.update({key: float(metrics[key]) for key in sorted(metrics) if key.startswith("test_")})
+    row.update({key: float(metrics[key]) for key in sorted(metrics) if key.startswith(names.test(""))})
     checkpoint_path = metrics.get(CHECKPOINT_PATH_KEY)
     row["checkpoint_uri"] = storage.checkpoint_uri(storage_path, checkpoint_path) if checkpoint_path else ""
     row["error"] = _error_text(result.error) if result.error is not None else ""
@@ -173,7 +174,7 @@ def _describe(domain: Any) -> str:
     from ray.tune.search.sample import Categorical, Float, Integer
 
     if isinstance(domain, Categorical):
-        return f"choice({[_param_text(c) for c in domain.categories]})"
+        return f"choice({[param_text(c) for c in domain.categories]})"
     if isinstance(domain, (Float, Integer)):
         return f"{type(domain.get_sampler()).__name__.lower()}({domain.lower}, {domain.upper})"
     return repr(domain)

@@ -9,7 +9,7 @@ Shape of a sweep (DESIGN.md, Ray Train V2 inside Tune):
 - Each trial is a Tune *function* trainable (``tune.with_resources(fn, {"cpu": 0.01})``: the trial actor only
   waits) that calls ``pipeline.training.fit.fit``, which runs a ``TorchTrainer`` on the cluster. Ray Train's
   ``TuneReportCallback`` forwards every epoch's report to Tune, where ASHA compares trials on the best
-  val-split value of the dataset's primary metric (``best_top1`` / ``best_map``: present in every report, also
+  val-split value of the dataset's primary metric (``val/best_top1`` / ``val/best_mAP``: in every report, also
   the final one, which Tune's strict metric check requires) at epoch milestones. Trials never see the test
   split (``train.final_test`` is off): the sweep's best configuration is retrained and scored on test once.
 - MLflow: the sweep has a parent run (found again by its name); every trial's ``fit`` run carries the tags
@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import metric_names as names
 from pipeline import storage
 from pipeline.config import ExperimentConfig, TrainConfig, apply_overrides
 from pipeline.runtime import init_ray
@@ -58,12 +59,13 @@ from pipeline.sweep.report import (
     is_finite,
     log_sweep_outputs,
     log_sweep_params,
+    param_text,
     plot_metric,
     trial_row,
     trials_csv,
 )
 from pipeline.sweep.space import axes_space, check_space, expand_overrides
-from pipeline.tracking.runs import find_or_create_run
+from pipeline.tracking.runs import find_or_create_run, run_title
 from pipeline.tracking.runs import tracking_uri as default_tracking_uri
 from pipeline.training.fit import fit
 
@@ -122,6 +124,7 @@ def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     tags = {SWEEP_TAG: setup.sweep_name, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
     if setup.parent_run_id:
         tags[PARENT_TAG] = setup.parent_run_id
+    sampled = ", ".join(f"{key}={param_text(value)}" for key, value in sorted(config.items()))
     fit(
         exp,
         setup.train_manifest,
@@ -133,6 +136,8 @@ def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
         tags=tags,
         clip_cache=setup.clip_cache,
         callbacks=[TuneReportCallback()],  # [ray] each epoch's report reaches Tune (ASHA)
+        title=f"trial {trial_id.rsplit('_', 1)[-1]}: {sampled}",
+        description=f"Trial `{trial_id}` of sweep `{setup.sweep_name}`: {sampled}.",
     )
 
 
@@ -179,7 +184,7 @@ def run_sweep(
         reduction_factor: ASHA keeps the best 1 / reduction_factor of the trials at each milestone.
         seed: the random search's seed.
         clip_cache: decode-once cache root handed to every trial's ``fit``.
-        stop: a Tune stop criterion besides ASHA (``{"best_top1": 0.95}``, or ``fn(trial_id, result) -> bool``);
+        stop: a Tune stop criterion besides ASHA (``{"val/best_top1": 0.95}``, or ``fn(trial_id, result) -> bool``);
             a trial it ends is reported as ``stopped``, like one ASHA ends.
 
     Returns:
@@ -212,7 +217,7 @@ def run_sweep(
 
     init_ray(num_train_workers=exp.train.num_workers)  # no-op when the caller already connected
     num_concurrent = max_concurrent_trials or default_concurrency(exp.train)
-    metric = "best_" + exp.primary_metric  # the best val-split value so far: in every report
+    metric = names.best(exp.primary_metric)  # the best val-split value so far: in every report
     storage_filesystem, storage_root = storage.ray_storage(storage_path)
     # The experiment's path inside the storage filesystem (local, or an fsspec path without its scheme).
     experiment_path = (
@@ -226,7 +231,7 @@ def run_sweep(
         # report must not stop it before its final evaluation and model logging.
         scheduler = (
             ASHAScheduler(
-                time_attr="epoch",
+                time_attr=names.EPOCH,
                 max_t=exp.train.epochs + 1,
                 grace_period=grace_period,
                 reduction_factor=reduction_factor,
@@ -295,7 +300,9 @@ def run_sweep(
                 storage_filesystem=storage_filesystem,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
                 stop=stop,
-                verbose=1,
+                # No trial status tables on the console: each trial prints its own progress, and the sweep's
+                # result is the comparison table (sweep/trials.csv) and its final line.
+                verbose=0,
             ),
         )
     grid = tuner.fit()
@@ -305,7 +312,15 @@ def run_sweep(
 
 def _parent_run(uri: str, name: str, exp: ExperimentConfig, space: Mapping[str, Any], settings: dict) -> str:
     """The sweep's parent MLflow run (found again by name when resuming); its params are logged once."""
-    parent_run_id, resumed = find_or_create_run(uri, exp.dataset, name, {SWEEP_TAG: name, ROLE_TAG: "parent"})
+    parent_run_id, resumed = find_or_create_run(
+        uri,
+        exp.dataset,
+        name,
+        {SWEEP_TAG: name, ROLE_TAG: "parent"},
+        title=run_title("sweep", exp.dataset),
+        description=f"Ray Tune sweep `{name}` over {', '.join(f'`{k}`' for k in space)}: trials are nested "
+        f"runs, ranked on `{settings['sweep.metric']}`; artifacts `sweep/` hold the comparison table and plot.",
+    )
     if not resumed:
         log_sweep_params(uri, parent_run_id, exp, space, settings)
     return parent_run_id

@@ -1,7 +1,7 @@
 """The MLflow Model Registry: one registered model per dataset (``stpa-<dataset>``) and its ``champion`` alias.
 
 ``register`` adds a model version with its evaluation metrics, config, manifest hashes, git commit and run id as
-version tags, and moves the alias ``champion`` to it only when its primary metric (``top1``; ``map`` for Charades)
+version tags, and moves the alias ``champion`` to it only when its primary metric (``top1``; ``mAP`` for Charades)
 is strictly greater than the current champion's, as read from the champion's own version tags. The first version
 of a dataset becomes champion; a tie or a worse model stays a plain version.
 
@@ -28,7 +28,6 @@ import math
 import os
 import random
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,14 +35,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.tracking.runs import process_uris
+from pipeline import metric_names
+from pipeline.tracking.runs import git_commit, process_uris
 
 MODEL_PREFIX = "stpa-"
 LOCK_SUFFIX = ".lock"
 CHAMPION = "champion"
 # Version tags (all strings). Metrics are tagged "metric.<name>".
 METRIC_TAG_PREFIX = "metric."
-PRIMARY_METRIC_TAG = "stpa.primary_metric"  # e.g. "map"
+PRIMARY_METRIC_TAG = "stpa.primary_metric"  # e.g. "mAP" (pipeline.metric_names)
 PRIMARY_VALUE_TAG = "stpa.primary_metric_value"  # repr of the float the champion rule compares
 CONFIG_TAG = "stpa.config"  # the ExperimentConfig as JSON (dataclasses.asdict)
 GIT_COMMIT_TAG = "stpa.git_commit"
@@ -130,43 +130,22 @@ def _iso(timestamp_ms: int | None) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
-def git_commit() -> str:
-    """The project's commit: ``STPA_GIT_COMMIT`` when set (an image build without ``.git``), else ``git rev-parse
-    HEAD`` of the checkout this package runs from with ``-dirty`` for uncommitted changes, else ``"unknown"``."""
-    if os.environ.get("STPA_GIT_COMMIT"):
-        return os.environ["STPA_GIT_COMMIT"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
-
-
 def _primary_value(metrics: dict[str, float], primary_metric: str) -> tuple[str, float]:
-    """The primary metric's name (without a ``test_`` prefix) and value.
+    """The primary metric's name (without the ``test/`` split) and value.
 
-    ``metrics`` may hold the evaluation's names (``top1``, ``map``) or ``fit``'s final-report names
-    (``test_top1``, ``test_map``); the plain name wins when both are there.
+    ``metrics`` may hold the evaluation's names (``top1``, ``mAP``) or the test split's (``test/top1``,
+    ``test/mAP``: ``pipeline.metric_names.test``); the plain name wins when both are there.
     """
-    name = primary_metric.removeprefix("test_")
-    for key in (name, f"test_{name}"):
+    name = primary_metric.removeprefix(metric_names.test(""))
+    for key in (name, metric_names.test(name)):
         if key in metrics:
             value = float(metrics[key])
             if not math.isfinite(value):
                 raise ValueError(f"primary metric {key} is {value}: nothing to compare a champion against")
             return name, value
-    raise ValueError(f"metrics have no primary metric {name!r} (nor test_{name}); got {sorted(metrics)}")
+    raise ValueError(
+        f"metrics have no primary metric {name!r} (nor {metric_names.test(name)}); got {sorted(metrics)}"
+    )
 
 
 def _run_id_of(model_uri: str) -> str | None:
@@ -363,7 +342,7 @@ def register(
         model_uri: The stpa pyfunc to register (``runs:/<run_id>/model`` as ``fit`` logs it).
         metrics: Its evaluation metrics; all are tagged as ``metric.<name>``.
         primary_metric: The metric the champion rule compares (``ExperimentConfig.primary_metric``: ``top1`` or
-            ``map``); ``metrics`` holds it under that name or with ``fit``'s ``test_`` prefix. Higher is better.
+            ``mAP``); ``metrics`` holds it under that name or the test split's (``test/mAP``). Higher is better.
         tags: More version tags (they override the computed ones of the same key).
         lock_timeout_s, stale_lock_after_s: See ``registry_lock``.
 

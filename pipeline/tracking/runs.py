@@ -12,12 +12,17 @@ import contextlib
 import dataclasses
 import math
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline import metric_names as names
+
 RUN_NAME_TAG = "stpa.run_name"
 DATASET_TAG = "stpa.dataset"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: the run page shows it
+DESCRIPTION_TAG = "mlflow.note.content"  # MLflow's own tag: the run page's description (Markdown)
 
 
 def tracking_uri() -> str:
@@ -57,13 +62,52 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def git_commit() -> str:
+    """The project's commit: ``STPA_GIT_COMMIT`` when set (an image build without ``.git``), else ``git rev-parse
+    HEAD`` of the checkout this package runs from with ``-dirty`` for uncommitted changes, else ``"unknown"``."""
+    if os.environ.get("STPA_GIT_COMMIT"):
+        return os.environ["STPA_GIT_COMMIT"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
 def find_or_create_run(
-    uri: str, dataset: str, run_name: str, tags: dict[str, str] | None = None
+    uri: str,
+    dataset: str,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    *,
+    title: str | None = None,
+    description: str | None = None,
 ) -> tuple[str, bool]:
     """The id of this run name's MLflow run in the dataset's experiment, creating it when there is none.
 
     A re-run with the same run name (a driver restart) continues the same MLflow run, as Ray Train continues the
     same training run from its latest checkpoint.
+
+    Args:
+        uri: MLflow tracking URI.
+        dataset: names the experiment, ``stpa-<dataset>``.
+        run_name: the resume key (tag ``stpa.run_name``); also the MLflow run name unless ``title`` is given.
+        tags: more tags for a new run.
+        title: the run name people read in the MLflow UI (``workflow dataset preset date``).
+        description: the run's description (Markdown, MLflow's ``mlflow.note.content``).
+
+    A new run is tagged with the code's git commit (``mlflow.source.git.commit``, which the UI shows).
 
     Returns:
         ``(run_id, resumed)``.
@@ -87,12 +131,26 @@ def find_or_create_run(
     if existing:
         client.set_terminated(existing[0].info.run_id, status="RUNNING")
         return existing[0].info.run_id, True
-    run = client.create_run(
-        experiment_id,
-        run_name=run_name,
-        tags={RUN_NAME_TAG: run_name, DATASET_TAG: dataset, **(tags or {})},
-    )
+    new_tags = {RUN_NAME_TAG: run_name, DATASET_TAG: dataset, GIT_COMMIT_TAG: git_commit(), **(tags or {})}
+    if description:
+        new_tags[DESCRIPTION_TAG] = description
+    run = client.create_run(experiment_id, run_name=title or run_name, tags=new_tags)
     return run.info.run_id, False
+
+
+def run_title(kind: str, dataset: str, preset: str | None = None, when: float | None = None) -> str:
+    """A run name people can read: ``train charades smoke 2026-12-04 19:17`` (local time)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    return " ".join(part for part in (kind, dataset, preset, stamp) if part)
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> tuple[str, str | None]:
+    """Where to look at a run: ``(url, command)``. An HTTP(S) tracking server serves the page itself (command
+    None); for a SQLite store the page is served by ``mlflow ui`` on its default address, started by ``command``."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}", None
+    return f"http://127.0.0.1:5000/{page}", f"mlflow ui --backend-store-uri {uri}"
 
 
 @contextlib.contextmanager
@@ -133,29 +191,40 @@ class RankZeroRun:
         self.run_id = run_id
         self.uri = uri
 
-    def log_metric(self, key: str, value: float, step: int) -> None:
-        self.client.log_metric(self.run_id, key, value, step=step)
+    def log_report_once(self, report: dict[str, float]) -> bool:
+        """Log one ``ray.train.report`` unless it is on record already; True if logged.
 
-    def log_report_once(self, metrics: dict[str, float]) -> bool:
-        """Log one ``ray.train.report``'s metrics at its step unless they are on record already; True if logged.
-
-        An epoch's report is keyed by ``epoch``, the final report by ``final`` (both at the epoch's step).
+        Metrics (``<split>/<name>``) go at the report's optimiser step (``global_step``), bookkeeping counters as
+        tags (``pipeline.metric_names.split_report``). An epoch's report is on record when ``train/epoch`` has a
+        point of its epoch. The final report (``final``) adds the test metrics, if any, and is on record when they
+        have a point at its step (a run resumed for more epochs reports a second final at a later step); its other
+        metrics were logged with the last epoch and are not repeated, and tags alone are idempotent.
         """
-        marker = "final" if metrics.get("final") else "epoch"
-        if marker not in metrics:
+        metrics, tags = names.split_report(report)
+        step = int(report.get(names.GLOBAL_STEP, 0))
+        if report.get(names.FINAL):
+            metrics = {k: v for k, v in metrics.items() if k.startswith(names.TEST + "/")}
+            first = next(iter(sorted(metrics)), None)
+            if first and any(m.step == step for m in self.client.get_metric_history(self.run_id, first)):
+                return False
+        elif names.EPOCH in report:
+            epoch = float(report[names.EPOCH])
+            if any(m.value == epoch for m in self.client.get_metric_history(self.run_id, names.TRAIN_EPOCH)):
+                return False
+            metrics[names.TRAIN_EPOCH] = epoch
+        else:
             return False
-        step = int(metrics["epoch"]) if "epoch" in metrics else 0
-        if any(m.step == step for m in self.client.get_metric_history(self.run_id, marker)):
-            return False
-        self.log_metrics(
-            {k: float(v) for k, v in metrics.items() if not (marker == "final" and k == "epoch")}, step
-        )
+        self.log(metrics, tags, step=step)
         return True
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+    def log(self, metrics: dict[str, float], tags: dict[str, str] | None = None, *, step: int) -> None:
+        """Metrics at ``step`` and tags in one request (one transaction: a marker tag and its metrics land
+        together); non-finite values (``val/best_*`` before the first validation) are left out."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         self.client.log_batch(
-            self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+            self.run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline import metric_names as names
 from pipeline import storage
 from pipeline.clips.cache import cached_clip_dataset
 from pipeline.clips.dataset import build_clip_dataset
 from pipeline.clips.ledger import DecodeReport
-from pipeline.config import ExperimentConfig
+from pipeline.config import ExperimentConfig, experiment_to_json
 from pipeline.data.manifest import read_manifest
 from pipeline.storage import read_bytes
 from pipeline.tracking.artifacts import log_model
@@ -29,12 +30,14 @@ from pipeline.training.checkpoint import BEST_MODEL_FILE
 from pipeline.training.loop import SELECTION_LAST_EPOCH, SELECTION_VAL, steps_per_epoch, train_loop_per_worker
 from pipeline.training.ray_hooks import MlflowEpochLogger
 
+CONFIG_ARTIFACT = "config/experiment.json"  # the resolved ExperimentConfig of every run (JSON)
+
 
 @dataclass(frozen=True)
 class FitResult:
-    metrics: dict[
-        str, float
-    ]  # the final report: best_<metric> (val), test_* metrics, epoch, global_step, restarts
+    # The final report (pipeline.metric_names): val/best_<primary>, test/* (with train.final_test), and the
+    # bookkeeping counters epoch, global_step, restarts, steps_this_attempt, final.
+    metrics: dict[str, float]
     checkpoint_uri: str  # latest checkpoint folder (holds state.pt and best_model.pt, the chosen weights)
     mlflow_run_id: str | None
     num_classes: int
@@ -52,6 +55,8 @@ def fit(
     tags: dict[str, str] | None = None,
     clip_cache: str | None = None,
     callbacks: list | None = None,
+    title: str | None = None,
+    description: str | None = None,
 ) -> FitResult:
     """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
 
@@ -71,12 +76,14 @@ def fit(
             (the same sampled clip and crop of each video every epoch) for speed.
         callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
             ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
+        title: the MLflow run name people read (``pipeline.tracking.runs.run_title``); default ``run_name``.
+        description: Markdown added after the run description ``fit`` writes (model, data, training, selection).
 
     Raises:
         ValueError: no test manifest with ``train.final_test``, manifests of different classes, a class count other than ``model.num_classes``, or too few
             training videos for one step.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = exp.train
@@ -109,7 +116,20 @@ def fit(
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     run_id = None
     if uri:
-        run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
+        num_videos = {
+            "train": train_table.num_rows,
+            "val": val_table.num_rows if val_table is not None else 0,
+            "test": test_table.num_rows if test_table is not None and cfg.final_test else None,
+        }
+        text = run_description(exp, num_videos, len(class_names))
+        run_id, resumed = find_or_create_run(
+            uri,
+            exp.dataset,
+            run_name,
+            tags,
+            title=title,
+            description=f"{text}\n\n{description}" if description else text,
+        )
         if not resumed:
             _log_run_setup(
                 uri, run_id, exp, {"train": train_manifest, "val": val_manifest, "test": test_manifest}
@@ -148,6 +168,8 @@ def fit(
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
+            # Ray Train's INFO lines (worker group placement and start-up) go to its log files, not the console.
+            logging_config=LoggingConfig(log_level="WARNING"),
             # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
             callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
             # Ray Train reroutes a worker's print() through its logger, which reaches the console twice when
@@ -174,9 +196,54 @@ def fit(
     return FitResult(dict(result.metrics or {}), checkpoint_uri, run_id, len(class_names))
 
 
+def run_description(exp: ExperimentConfig, num_videos: dict[str, int | None], num_classes: int) -> str:
+    """The MLflow run description (Markdown): what was trained on what, how, and chosen how.
+
+    Args:
+        exp: the run's configuration.
+        num_videos: videos per split (``train``, ``val``: 0 without a val split, ``test``: None when this run
+            does not score test).
+        num_classes: classes in the manifests.
+    """
+    model, cfg, clips = exp.model, exp.train, exp.train_clips
+    kind = "multi-label" if model.multi_label else "single-label"
+    pyramid = "+".join(model.pyramid_layers)
+    device = f"{cfg.num_workers} GPU workers" if cfg.use_gpu else f"{cfg.num_workers} CPU workers"
+    primary = exp.primary_metric
+    if num_videos.get("val"):
+        selection = f"the epoch with the best `{names.val(primary)}` (`{names.best(primary)}`)"
+    else:
+        selection = "the last epoch (no val split)"
+    test = (
+        f"scored once, multi-view ({exp.test_clips.num_views} views, `{cfg.view_reduce}` over views): `test/*`"
+        if num_videos.get("test") is not None
+        else "not scored during training (a workflow's evaluate step logs `test/*` to this run once; sweep "
+        "trials never see test)"
+    )
+    splits = ", ".join(f"{n} {split}" for split, n in num_videos.items() if n is not None)
+    return "\n".join(
+        [
+            f"STPA on **{exp.dataset}** ({num_classes} classes, {kind}): `{model.backbone}` backbone, attention "
+            f"`{model.attention}` over `{pyramid}`, K={clips.num_segments} segments x {clips.frames_per_segment} "
+            f"frame(s) at {clips.crop_size} px.",
+            "",
+            f"- **data**: {splits} videos (params `manifest.<split>.uri` / `.sha256`)",
+            f"- **training**: {cfg.epochs} epochs, {device} x batch {cfg.batch_size} (x{cfg.grad_accum_steps} "
+            f"accumulation), {exp.optim.optimizer} lr {exp.optim.lr:g} at batch {exp.optim.reference_batch_size} "
+            f"(scaled to the global batch), {cfg.precision}",
+            f"- **weights**: {selection}",
+            f"- **test**: {test}",
+            f"- **metrics**: `train/loss`, `train/lr` every {cfg.log_every_steps} steps; `train/epoch_loss`, "
+            "`val/*` per epoch; bookkeeping (global step, restarts) as `stpa.*` tags",
+            f"- **config**: artifact `{CONFIG_ARTIFACT}` (the resolved `ExperimentConfig`), and the params",
+        ]
+    )
+
+
 def _log_run_setup(uri: str, run_id: str, exp: ExperimentConfig, manifests: dict[str, str | None]) -> None:
     """Params and setup facts, once per run, from the driver, in one batch: the config, each manifest's URI and
-    SHA-256 (``None``: no such split), and ``selection.split``, the split that chooses the weights."""
+    SHA-256 (``None``: no such split), and ``selection.split``, the split that chooses the weights; the resolved
+    config as the artifact ``CONFIG_ARTIFACT``."""
     import hashlib
     import platform
 
@@ -196,11 +263,13 @@ def _log_run_setup(uri: str, run_id: str, exp: ExperimentConfig, manifests: dict
         "system.platform": platform.platform(),
         "system.cuda": str(torch.cuda.is_available()),
     }
-    MlflowClient(tracking_uri=uri).log_batch(
+    client = MlflowClient(tracking_uri=uri)
+    client.log_batch(
         run_id,
         params=[Param(k, v) for k, v in params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
+    client.log_text(run_id, experiment_to_json(exp), CONFIG_ARTIFACT)
 
 
 def _log_decode_failures(uri: str, run_id: str, report: DecodeReport) -> None:
@@ -210,7 +279,7 @@ def _log_decode_failures(uri: str, run_id: str, report: DecodeReport) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    client.log_metric(run_id, "train_decode_failures", report.num_failed)
+    client.set_tag(run_id, names.tag(names.TRAIN_DECODE_FAILURES), str(report.num_failed))
     if report.num_failed:
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "train_decode_failures.json")

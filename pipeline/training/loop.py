@@ -28,6 +28,7 @@ import time
 import pyarrow as pa
 import torch
 
+from pipeline import metric_names as names
 from pipeline import schema
 from pipeline.config import ExperimentConfig, autocast_dtype
 from pipeline.evaluation.evaluate import (
@@ -44,9 +45,11 @@ from pipeline.training.checkpoint import (
     unwrap,
 )
 from pipeline.training.optim import build_optimizer, build_scheduler, freeze_batchnorm, scaled_lr
+from pipeline.training.progress import StepProgress, format_eta
 from pipeline.training.ray_hooks import TrainBatchCollate
 from pipeline.training.weights import load_backbone_weights
 from pipeline.video.transforms import frames_to_model_input
+from pipeline.workflow import format_seconds
 from stpa_model import STPANet, total_loss
 
 SELECTION_VAL = "val"  # MLflow param selection.split: the best epoch on the val split chose the weights
@@ -107,8 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if mlflow_run is not None and checkpoint:
         if reported is not None:  # the attempt that wrote the checkpoint may have died before MLflow saw it
             mlflow_run.log_report_once(reported)
-        mlflow_run.log_metric("restarts", state.restarts, step=state.epoch)
-    if reported is not None and reported.get("final") and state.epoch >= cfg.epochs:
+        mlflow_run.log({}, {names.tag(names.RESTARTS): str(state.restarts)}, step=state.global_step)
+    if reported is not None and reported.get(names.FINAL) and state.epoch >= cfg.epochs:
         # The run had finished (killed before its driver saw the result): report the same result again.
         _report(reported, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
         return
@@ -118,6 +121,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # [ray]
     steps_this_attempt = 0
     metric_name = exp.primary_metric
+    progress = StepProgress(
+        cfg.log_every_steps, cfg.epochs, num_steps, cfg.batch_size * world_size, mlflow_run, enabled=rank == 0
+    )
     for epoch in range(state.epoch, cfg.epochs):
         model.train()
         freeze_batchnorm(model, cfg.freeze_bn)  # model.train() resets BN layers to training mode
@@ -134,9 +140,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             prefetch_batches=2,
             local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
         )
+        progress.start_epoch()
         for step, batch in enumerate(batches):
             if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
                 break
+            progress.batch_arrived()
             clips = frames_to_model_input(batch[schema.FRAMES])
             targets = batch[schema.LABELS] if exp.model.multi_label else batch[schema.LABEL]
             is_update = (step + 1) % cfg.grad_accum_steps == 0
@@ -171,41 +179,43 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 part_sums[name] = part_sums.get(name, 0.0) + value.detach().float()
             num_batches += 1
             steps_this_attempt += 1
-            if rank == 0 and cfg.log_every_steps and step % cfg.log_every_steps == 0:
-                parts_text = " ".join(f"{k} {v.item():.4f}" for k, v in parts.items())  # host sync: logging
-                print(f"  epoch {epoch + 1} step {step + 1}/{num_steps} {parts_text}", flush=True)
+            progress.step_done(
+                epoch, step, loss * cfg.grad_accum_steps, optimizer.param_groups[0]["lr"], state.global_step
+            )
         train_seconds = time.perf_counter() - epoch_start
         train_loss = (loss_sum / max(1, num_batches)).item()  # host sync, once per epoch
         clips_per_second = num_batches * cfg.batch_size * world_size / max(train_seconds, 1e-9)
         metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
+            names.EPOCH: epoch + 1,
+            names.TRAIN_EPOCH_LOSS: train_loss,
             # host sync, once per epoch: the unweighted parts (classification, interaction, diversity)
-            **{f"train_{name}": (value / max(1, num_batches)).item() for name, value in part_sums.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_clips_per_s": clips_per_second,
-            "global_step": state.global_step,
-            "steps_this_attempt": steps_this_attempt,
-            "restarts": state.restarts,
+            **{names.train(name): (value / max(1, num_batches)).item() for name, value in part_sums.items()},
+            names.TRAIN_CLIPS_PER_S: clips_per_second,
+            names.GLOBAL_STEP: state.global_step,
+            names.STEPS_THIS_ATTEMPT: steps_this_attempt,
+            names.RESTARTS: state.restarts,
         }
         is_last = epoch + 1 == cfg.epochs
         if val_table is not None and ((epoch + 1) % cfg.eval_every == 0 or is_last):
             val, _ = evaluate_distributed(model, val_table, exp.val_clips, exp, device, rank, world_size)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
+            metrics.update({names.val(k): v for k, v in val.items()})
             if val[metric_name] > state.best_metric:
                 state.best_metric = val[metric_name]
                 best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         elif val_table is None and is_last:
             best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         if val_table is not None:  # the best val value so far: what a sweep's scheduler compares
-            metrics["best_" + metric_name] = state.best_metric
+            metrics[names.best(metric_name)] = state.best_metric
         state.epoch = epoch + 1
-        remaining = (cfg.epochs - state.epoch) * (time.perf_counter() - epoch_start)
+        epoch_seconds = time.perf_counter() - epoch_start
         if rank == 0:
-            val_text = f" val_{metric_name} {metrics.get('val_' + metric_name, float('nan')):.4f}"
+            val_text = ""
+            if names.val(metric_name) in metrics:
+                val_text = f"  val {metric_name} {metrics[names.val(metric_name)]:.4f} (best {state.best_metric:.4f})"
             print(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f}{val_text} "
-                f"clips/s {clips_per_second:.1f} eta {time.strftime('%H:%M:%S', time.gmtime(remaining))}",
+                f"epoch {epoch + 1}/{cfg.epochs} done in {format_seconds(epoch_seconds)}: loss {train_loss:.4f}"
+                f"{val_text}  clips/s {clips_per_second:.1f}  "
+                f"eta {format_eta((cfg.epochs - state.epoch) * epoch_seconds)}",
                 flush=True,
             )
         _report(metrics, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
@@ -213,14 +223,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Final multi-view test, once, of the chosen weights: the best epoch on val, or the last epoch without val.
     if best_weights is not None:
         unwrap(model).load_state_dict(best_weights)
-    final = {"best_" + metric_name: state.best_metric} if val_table is not None else {}
+    final = {names.best(metric_name): state.best_metric} if val_table is not None else {}
     if cfg.final_test:
         test, details = evaluate_distributed(model, test_table, exp.test_clips, exp, device, rank, world_size)
-        final.update({f"test_{k}": v for k, v in test.items()})
-    final.update(epoch=state.epoch, global_step=state.global_step, restarts=state.restarts, final=1)
-    final["steps_this_attempt"] = steps_this_attempt
+        final.update({names.test(k): v for k, v in test.items()})
+    final[names.EPOCH] = state.epoch
+    final[names.GLOBAL_STEP] = state.global_step
+    final[names.RESTARTS] = state.restarts
+    final[names.STEPS_THIS_ATTEMPT] = steps_this_attempt
+    final[names.FINAL] = 1
     if rank == 0 and cfg.final_test:
-        print("test " + " ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+        print("test " + "  ".join(f"{k} {v:.4g}" for k, v in test.items()), flush=True)
         if mlflow_run is not None:
             log_evaluation_artifacts(mlflow_run, unwrap(model), exp, test_table, details, device)
     _report(final, rank, model, optimizer, scheduler, scaler, state, best_weights, exp)
@@ -233,16 +246,11 @@ def _table_of(loop_config: dict, split: str) -> pa.Table | None:
 
 
 def _quiet_ray_logs() -> None:
-    """Keep the driver's output to our per-epoch lines: Ray Data's per-dataset banners go to its log files."""
+    """Ray Train logs every report (a line per rank per epoch, metrics dict included) at INFO from a logger named by
+    its file's path, outside ``ray.train`` (which ``RunConfig.logging_config`` quiets) and propagating to the
+    worker's console. The rest of the libraries' output is configured by ``pipeline.runtime.library_log_env``."""
     import logging
 
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    for name in ("ray.data", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Ray Train logs every report (a line per rank per epoch, metrics dict included) at INFO from a logger named
-    # by its file's path, which propagates to the worker's root logger and the console.
     for name in list(logging.root.manager.loggerDict):
         if name.replace(os.sep, "/").endswith("ray/train/v2/_internal/execution/context.py"):
             logging.getLogger(name).setLevel(logging.WARNING)

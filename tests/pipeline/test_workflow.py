@@ -17,10 +17,12 @@ from pipeline import storage
 from pipeline.workflow import (
     MARKER,
     OUTPUTS,
+    ForwardedLines,
     Step,
     StepContext,
     WorkflowError,
     format_plan,
+    format_seconds,
     plan,
     run_workflow,
     step_keys,
@@ -189,3 +191,18 @@ def test_failed_step_stops_and_resume_continues_from_it(ray_local, tmp_path: Pat
     assert out["check"] == {"checked": True}
     assert runs_of(ledger, "numbers") == 1  # committed before the failure: not run again
     assert runs_of(ledger, "check") == 2
+
+
+def test_forwarded_lines_pass_through_and_wake_the_waiting_driver() -> None:
+    """The driver waits for a step's last line, which Ray's printing thread writes to the driver's stdout."""
+    import io
+    import threading
+
+    out = io.StringIO()
+    watcher = ForwardedLines(out)
+    late = threading.Timer(0.2, lambda: watcher.write("(train pid=7) train: done in 3m05s\n"))
+    late.start()
+    assert watcher.wait_for("train: done in ", timeout_s=10)
+    assert not watcher.wait_for("evaluate: done in ", timeout_s=0.05)
+    assert out.getvalue() == "(train pid=7) train: done in 3m05s\n"
+    assert [format_seconds(s) for s in (4.4, 185, 7260)] == ["4s", "3m05s", "2h01m"]

@@ -14,19 +14,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline import metric_names as names
 from tests.mlflow_server import mlflow_server
 from tests.ray_cluster import LocalRayCluster, ray_executable
-from tests.workflows.jobs import job_id_of, submit_workflow, wait_for_checkpoints
+from tests.workflows.console import library_lines
+from tests.workflows.jobs import job_id_of, job_logs, submit_workflow, wait_for_checkpoints
 
 pytestmark = pytest.mark.slow
 
 WORKFLOW_ID = "charades-e2e"
+# Lines of a resumed run's output in the order they must come (each step's after the previous step's).
+ORDERED_LINES = (
+    "train: started",
+    "epoch 3/3 done in",
+    "train: done in",
+    "evaluate: started",
+    "test (",
+    "evaluate: done in",
+    "registered stpa-charades version 1",
+    "register: done in",
+    f"finished {WORKFLOW_ID} in",
+    "  test     mAP ",
+    "  MLflow   http://127.0.0.1",
+)
 ARGS = [
     "--workflow-id",
     WORKFLOW_ID,
@@ -67,18 +84,29 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert second.returncode == 0, log[-5000:]
         assert "skip data" in log and "skip prepare" in log
         assert "skip train" not in log
-        summary = json.loads([line for line in log.splitlines() if line.startswith('{"workflow_id"')][-1])
+        # The job's own output (the driver's, without the job client's): progress and a summary, at most 3 lines
+        # from the libraries, each step's lines before the next step's and the summary after them all.
+        job_log = job_logs(cluster, job_id_of(log))
+        noise = library_lines(job_log)
+        assert len(noise) <= 3, "library lines:\n" + "\n".join(noise)
+        assert re.search(
+            r"epoch 3/3 step \d+/\d+  loss \d\.\d{4}  lr \S+  clips/s \S+  data \S+s  eta", job_log
+        )
+        lines = job_log.splitlines()
+        order = [next(i for i, line in enumerate(lines) if text in line) for text in ORDERED_LINES]
+        assert order == sorted(order), job_log[-3000:]
+        summary = json.loads((storage / WORKFLOW_ID / "summary.json").read_text())
         assert summary["registered_version"] == "1" and summary["champion"] is True
-        assert 0.0 <= summary["test_map"] <= 1.0
+        assert 0.0 <= summary["metrics"][names.test(names.MAP)] <= 1.0
+        assert summary["mlflow_run_url"].startswith(tracking_uri) and summary["mlflow_run_url"] in log
 
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         run_id = summary["mlflow_run_id"]
-        restarts = client.get_metric_history(run_id, "restarts")
-        assert max(m.value for m in restarts) >= 1  # the resumed attempt is on record
-        epochs = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
-        assert sorted(epochs) == [1, 2, 3], epochs  # each epoch logged once: none trained twice
         run = client.get_run(run_id)
-        assert "test_map" in run.data.metrics and "train_loss" in run.data.metrics
+        assert int(run.data.tags["stpa.restarts"]) >= 1  # the resumed attempt is on record
+        epochs = [int(m.value) for m in client.get_metric_history(run_id, names.TRAIN_EPOCH)]
+        assert sorted(epochs) == [1, 2, 3], epochs  # each epoch logged once: none trained twice
+        assert names.test(names.MAP) in run.data.metrics and names.TRAIN_EPOCH_LOSS in run.data.metrics
         version = client.get_model_version_by_alias("stpa-charades", "champion")
         assert version.run_id == run_id
 

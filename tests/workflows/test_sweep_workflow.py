@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import metric_names as names
+from tests.workflows.console import library_lines
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +44,13 @@ def test_sweep_then_retrain_best_then_register(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
-    summary = json.loads([line for line in log.splitlines() if line.startswith('{"workflow_id"')][-1])
+    # The console: the workflow's lines (each trial's progress, the steps, the summary), at most 3 from libraries.
+    noise = library_lines(log)
+    assert len(noise) <= 3, "library lines:\n" + "\n".join(noise)
+    assert "finished sweep-wf in" in log and log.index("register: done in") < log.index(
+        "finished sweep-wf in"
+    )
+    summary = json.loads((tmp_path / "runs" / "sweep-wf" / "summary.json").read_text())
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("stpa-charades")
@@ -56,7 +65,8 @@ def test_sweep_then_retrain_best_then_register(tmp_path: Path) -> None:
     )["best_overrides"]
     for key, value in best.items():  # the retrained run uses the best trial's settings
         assert trained.data.params[key] == str(tuple(value) if isinstance(value, list) else value), key
-    assert summary["champion"] is True and "test_map" in trained.data.metrics
+    assert summary["champion"] is True and names.test(names.MAP) in trained.data.metrics
+    assert trained.info.run_name.startswith("sweep charades smoke ")
 
     plan = subprocess.run([*command, "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
     lines = [

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipeline import metric_names as names
 from pipeline import schema
 from pipeline.evaluation.evaluate import Predictions, check_complete, compute_metrics, shard_rows, shard_table
 from pipeline.video.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_model_input
@@ -60,8 +61,8 @@ def test_compute_metrics_single_label_counts_missing_videos_as_wrong():
     )
     scalars, details = compute_metrics(preds, table, num_classes=2, multi_label=False, view_reduce="mean")
     # a -> 0 (right), b -> 1 (right), c -> mean [0.45, 0.55] -> 1 (right), d missing (wrong)
-    assert scalars["top1"] == pytest.approx(3 / 4)
-    assert scalars["num_videos_missing"] == 1
+    assert scalars[names.TOP1] == pytest.approx(3 / 4)
+    assert scalars[names.NUM_VIDEOS_MISSING] == 1
     assert details["confusion"].tolist() == [[1, 0], [0, 2]]
 
 
@@ -73,5 +74,5 @@ def test_compute_metrics_multi_label_max_over_views():
     preds = _predictions(["a", "a", "b", "b"], [0, 1, 0, 1], [[0.1, 0.5], [0.9, 0.2], [0.3, 0.4], [0.2, 0.6]])
     scalars, details = compute_metrics(preds, table, num_classes=2, multi_label=True, view_reduce="max")
     # max over views: a = [0.9, 0.5], b = [0.3, 0.6] -> both classes rank their positive first
-    assert scalars["map"] == pytest.approx(1.0)
+    assert scalars[names.MAP] == pytest.approx(1.0)
     np.testing.assert_allclose(details["scores"], [[0.9, 0.5], [0.3, 0.6]])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import metric_names as names
 from pipeline.config import apply_overrides
 from pipeline.presets import PRESETS, preset, smoke
 from pipeline.sweep.report import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
@@ -186,7 +187,7 @@ def tiny_ucf(tmp_path_factory):
 def _stop_all_but_the_first_trial(trial_id: str, result: dict) -> bool:
     """Tune stop criterion: trials after the first end after one epoch (ASHA's own decisions depend on metrics,
     which tie at chance level on this data), so the sweep has completed and stopped trials."""
-    return not trial_id.endswith("_00000") and result.get("epoch", 0) >= 1
+    return not trial_id.endswith("_00000") and result.get(names.EPOCH, 0) >= 1
 
 
 def _tiny_exp():
@@ -229,7 +230,8 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
     assert parent.data.params["base.train.epochs"] == "2"
     assert parent.data.params["sweep.selection_split"] == "val"
     assert parent.data.params["base.train.final_test"] == "False"  # trials never score test
-    assert parent.data.metrics["best_top1"] == pytest.approx(result.best_metric)
+    assert parent.data.metrics[names.best(names.TOP1)] == pytest.approx(result.best_metric)
+    assert parent.info.run_name.startswith("sweep ucf101 ")  # a readable name, not the sweep's key
 
     runs = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
@@ -249,21 +251,23 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
         assert float(params["optim.lr"]) == pytest.approx(row["optim.lr"])
         assert params["train.num_workers"] == "1"
         lrs.add(params["optim.lr"])
-        history = client.get_metric_history(run.info.run_id, "train_loss")
-        assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))
-        assert len(client.get_metric_history(run.info.run_id, "val_top1")) == row["epochs"]
+        epochs = client.get_metric_history(run.info.run_id, names.TRAIN_EPOCH)
+        assert sorted(m.value for m in epochs) == list(range(1, row["epochs"] + 1))
+        assert len(client.get_metric_history(run.info.run_id, names.TRAIN_EPOCH_LOSS)) == row["epochs"]
+        assert len(client.get_metric_history(run.info.run_id, names.val(names.TOP1))) == row["epochs"]
+        assert run.info.run_name.startswith("trial ") and "model.attention=" in run.info.run_name
         if row["trial_id"].endswith("_00000"):
             assert row["status"] == "completed", row
             assert row["epochs"] == 2 and run.info.status == "FINISHED"
-            assert "test_top1" not in row and params["selection.split"] == "val"
+            assert names.test(names.TOP1) not in row and params["selection.split"] == "val"
         else:  # ended after one epoch: the run is closed as KILLED, and the next trial got its CPU
             assert row["status"] == "stopped", row
             assert row["epochs"] == 1 and run.info.status == "KILLED"
     assert len(lrs) == 3, "trials did not get different params"
 
     # The best trial, its checkpoint and its overrides.
-    best = max(result.table, key=lambda row: row["best_top1"])
-    assert result.best_metric == best["best_top1"] and result.best_run_id == best["mlflow_run_id"]
+    best = max(result.table, key=lambda row: row[names.best(names.TOP1)])
+    assert result.best_metric == best[names.best(names.TOP1)] and result.best_run_id == best["mlflow_run_id"]
     assert os.path.exists(os.path.join(result.best_checkpoint_uri, "best_model.pt"))
     assert set(result.best_overrides) == {"model.attention", "model.pyramid_layers", "optim.lr"}
     assert apply_overrides(exp, result.best_overrides).model.attention == best["model.attention"]
@@ -279,9 +283,14 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
         table_text = f.read()
     table = list(csv.DictReader(io.StringIO(table_text)))
     assert {row["trial_id"] for row in table} == set(rows)
-    assert {"mlflow_run_id", "model.attention", "pyramid_depth", "optim.lr", "best_top1", "status"} <= set(
-        table[0]
-    )
+    assert {
+        "mlflow_run_id",
+        "model.attention",
+        "pyramid_depth",
+        "optim.lr",
+        "val/best_top1",
+        "status",
+    } <= set(table[0])
     png = client.download_artifacts(
         parent.info.run_id, "sweep/metric_by_attention_and_depth.png", str(tmp_path)
     )
@@ -299,7 +308,7 @@ def test_smoke_sweep_nests_trials_in_mlflow_and_resumes(ray_with_state_api, tiny
     assert len(runs_after) == 3
     for run in runs_after:
         row = rows[run.data.tags[TRIAL_TAG]]
-        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == row["epochs"]
+        assert len(client.get_metric_history(run.info.run_id, names.TRAIN_EPOCH_LOSS)) == row["epochs"]
     assert again.best_run_id == result.best_run_id and again.best_metric == result.best_metric
     assert [row["trial_id"] for row in again.table] == [row["trial_id"] for row in result.table]
 

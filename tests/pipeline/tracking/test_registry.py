@@ -63,9 +63,9 @@ def _champion_version(server: str, name: str) -> int:
 
 # (test_top1 metric dict, extra tags) of the four registrations of stpa-ucf101, in order: first, worse, tie, better.
 HISTORY = [
-    ({"test_top1": 0.60, "test_top5": 0.9}, {}),
-    ({"test_top1": 0.50}, {}),
-    ({"test_top1": 0.60}, {}),
+    ({"test/top1": 0.60, "test/top5": 0.9}, {}),
+    ({"test/top1": 0.50}, {}),
+    ({"test/top1": 0.60}, {}),
     ({"top1": 0.75}, {"sweep": "s1"}),
 ]
 
@@ -101,7 +101,7 @@ def test_champion_moves_only_to_a_strictly_better_version(server, history):
 
     # The version's tags: metrics, primary metric, config, manifest hashes, git commit, run id, extra tags.
     tags = client.get_model_version("stpa-ucf101", "1").tags
-    assert float(tags["metric.test_top1"]) == 0.60 and float(tags["metric.test_top5"]) == 0.9
+    assert float(tags["metric.test/top1"]) == 0.60 and float(tags["metric.test/top5"]) == 0.9
     assert tags["stpa.primary_metric"] == "top1"
     assert json.loads(tags[CONFIG_TAG])["model"]["backbone"] == "resnet_debug"
     run_params = client.get_run(run1).data.params
@@ -136,7 +136,7 @@ def test_champion_moves_only_to_a_strictly_better_version(server, history):
 
     # A metric dict without the primary metric is refused before anything is registered.
     with pytest.raises(ValueError, match="no primary metric 'top1'"):
-        register(server, "ucf101", uri4, {"test_map": 0.3}, primary_metric="top1")
+        register(server, "ucf101", uri4, {"test/mAP": 0.3}, primary_metric="top1")
     assert len(describe(server, "ucf101")["versions"]) == 4
 
 
@@ -160,14 +160,14 @@ registry._champion = slow_champion
 print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.01)
-r = register(server, "hmdb51", model_uri, {"test_top1": 0.5}, primary_metric="top1")
+r = register(server, "hmdb51", model_uri, {"test/top1": 0.5}, primary_metric="top1")
 print(json.dumps([r.version, r.is_champion]), flush=True)
 """
 
 
 def test_concurrent_registrations_elect_exactly_one_champion(server, model, tmp_path):
     """NUM_RACERS processes register equally good versions at once: one champion, and the alias points at it."""
-    uris = [_run(server, model, {"test_top1": 0.5})[1] for _ in range(NUM_RACERS)]
+    uris = [_run(server, model, {"test/top1": 0.5})[1] for _ in range(NUM_RACERS)]
     go = tmp_path / "go"
     racers = [
         subprocess.Popen(
@@ -204,7 +204,7 @@ def test_stale_lock_is_broken_and_a_live_lock_times_out(server, model):
 
     client = MlflowClient(tracking_uri=server)
     lock_name = f"stpa-folder{LOCK_SUFFIX}"
-    _, model_uri = _run(server, model, {"test_top1": 0.4})
+    _, model_uri = _run(server, model, {"test/top1": 0.4})
 
     # A lock whose holder is alive (younger than the stale limit): the registration gives up, no champion set.
     client.create_registered_model(lock_name, tags={LOCK_HOLDER_TAG: "elsewhere:1:live"})
@@ -213,7 +213,7 @@ def test_stale_lock_is_broken_and_a_live_lock_times_out(server, model):
             server,
             "folder",
             model_uri,
-            {"test_top1": 0.4},
+            {"test/top1": 0.4},
             primary_metric="top1",
             lock_timeout_s=1.0,
             stale_lock_after_s=60.0,
@@ -224,7 +224,7 @@ def test_stale_lock_is_broken_and_a_live_lock_times_out(server, model):
     time.sleep(1.0)
     started = time.monotonic()
     registration = register(
-        server, "folder", model_uri, {"test_top1": 0.4}, primary_metric="top1", stale_lock_after_s=1.0
+        server, "folder", model_uri, {"test/top1": 0.4}, primary_metric="top1", stale_lock_after_s=1.0
     )
     assert registration.is_champion and time.monotonic() - started < 30
     assert _champion_version(server, "stpa-folder") == registration.version
@@ -241,9 +241,9 @@ def test_embedded_sqlite_registry(model, tmp_path):
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     for value, becomes_champion in ((0.3, True), (0.2, False)):
         _, model_uri = logged_model_run(
-            uri, exp, weights, CLASS_NAMES, {"test_top1": value}, artifact_location=artifacts
+            uri, exp, weights, CLASS_NAMES, {"test/top1": value}, artifact_location=artifacts
         )
-        registration = register(uri, "ucf101", model_uri, {"test_top1": value}, primary_metric="top1")
+        registration = register(uri, "ucf101", model_uri, {"test/top1": value}, primary_metric="top1")
         assert registration.is_champion == becomes_champion
     # Registering and logging leave MLflow's process-wide URIs as they were: a later client for another server
     # must not be sent to this registry (seen in CI before the fix).

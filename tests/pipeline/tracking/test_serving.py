@@ -126,8 +126,8 @@ def registered(tmp_path_factory, data):
     _, class_names = data
     exp, weights = smoke_model(str(tmp_path_factory.mktemp("weights")), "ucf101", NUM_CLASSES)
     with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as server:
-        _, model_uri = logged_model_run(server, exp, weights, class_names, {"test_top1": 0.5})
-        assert register(server, "ucf101", model_uri, {"test_top1": 0.5}, primary_metric="top1").is_champion
+        _, model_uri = logged_model_run(server, exp, weights, class_names, {"test/top1": 0.5})
+        assert register(server, "ucf101", model_uri, {"test/top1": 0.5}, primary_metric="top1").is_champion
         yield server, model_uri, exp, weights
 
 

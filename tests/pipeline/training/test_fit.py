@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from pipeline import metric_names as names
 from pipeline.config import apply_overrides
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import prepare_manifest
@@ -96,17 +97,17 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
     result = _fit(exp, ucf_data, tmp_path, "r1")
 
     num_train = read_manifest(train_uri)[0].num_rows
-    assert result.metrics["global_step"] == 8 * steps_per_epoch(num_train, 2, exp.train.batch_size)
+    assert result.metrics[names.GLOBAL_STEP] == 8 * steps_per_epoch(num_train, 2, exp.train.batch_size)
     # Chance is 0.2. The epoch is chosen on val (5 videos), not on test as before, and 5 training videos went to
     # val: test top-1 was 0.45 in the run that introduced val (it was >= 0.5 when chosen on test itself).
-    assert result.metrics["test_top1"] >= 0.4, result.metrics
+    assert result.metrics[names.test(names.TOP1)] >= 0.4, result.metrics
     # Val and test score disjoint videos: each evaluation scores every video of its own manifest and none outside
     # it (check_complete raises on a video outside the evaluated manifest), and the manifests share no video.
     val_ids = set(read_manifest(val_uri)[0].column("video_id").to_pylist())
     test_ids = set(read_manifest(test_uri)[0].column("video_id").to_pylist())
     train_ids = set(read_manifest(train_uri)[0].column("video_id").to_pylist())
     assert val_ids and val_ids.isdisjoint(test_ids) and val_ids.isdisjoint(train_ids)
-    assert result.metrics["test_num_videos_scored"] == len(test_ids)
+    assert result.metrics[names.test(names.NUM_VIDEOS_SCORED)] == len(test_ids)
     assert os.path.exists(os.path.join(result.checkpoint_uri, "state.pt"))
     assert os.path.exists(os.path.join(result.checkpoint_uri, "best_model.pt"))
 
@@ -119,18 +120,18 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
     assert params["train.num_workers"] == "2"
     assert params["selection.split"] == "val" and params["manifest.val.uri"] == val_uri
     assert len(params["manifest.train.sha256"]) == 64
-    history = client.get_metric_history(run.info.run_id, "train_classification")
+    history = client.get_metric_history(run.info.run_id, names.train("classification"))
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"training loss did not decrease: {losses}"
-    assert len(client.get_metric_history(run.info.run_id, "val_top1")) == 2  # epochs 4 and 8
-    val_scored = client.get_metric_history(run.info.run_id, "val_num_videos_scored")
+    assert len(client.get_metric_history(run.info.run_id, names.val(names.TOP1))) == 2  # epochs 4 and 8
+    val_scored = client.get_metric_history(run.info.run_id, names.val(names.NUM_VIDEOS_SCORED))
     assert [m.value for m in val_scored] == [len(val_ids)] * 2
-    best = client.get_metric_history(run.info.run_id, "best_top1")
+    best = client.get_metric_history(run.info.run_id, names.best(names.TOP1))
     assert max(m.value for m in best) == max(
-        m.value for m in client.get_metric_history(run.info.run_id, "val_top1")
+        m.value for m in client.get_metric_history(run.info.run_id, names.val(names.TOP1))
     )
-    assert "test_top1" in run.data.metrics and "test_mean_class_accuracy" in run.data.metrics
+    assert names.test(names.TOP1) in run.data.metrics and "test/mean_class_accuracy" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.csv"} <= artifacts
     heatmaps = client.list_artifacts(run.info.run_id, "attention")
@@ -152,8 +153,8 @@ def test_frame_order_option_learns_direction_through_the_pipeline(ray_local, ord
     )
     result = _fit(exp, order_data, tmp_path, option)
     num_test = read_manifest(order_data[2])[0].num_rows
-    assert result.metrics["test_num_videos_scored"] == num_test >= 8
-    assert result.metrics["test_top1"] >= 0.75, result.metrics
+    assert result.metrics[names.test(names.NUM_VIDEOS_SCORED)] == num_test >= 8
+    assert result.metrics[names.test(names.TOP1)] >= 0.75, result.metrics
 
 
 def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
@@ -168,10 +169,12 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
     )
     uri = _mlflow(tmp_path)
     result = _fit(exp, manifests, tmp_path, "c1")
-    assert 0.0 <= result.metrics["test_map"] <= 1.0
+    assert 0.0 <= result.metrics[names.test(names.MAP)] <= 1.0
     micro_steps = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, exp.train.batch_size)
     assert micro_steps >= 2
-    assert result.metrics["global_step"] == micro_steps // 2  # one optimiser update per 2 accumulated batches
+    assert (
+        result.metrics[names.GLOBAL_STEP] == micro_steps // 2
+    )  # one optimiser update per 2 accumulated batches
     client = MlflowClient(tracking_uri=uri)
     local = client.download_artifacts(
         result.mlflow_run_id, "evaluation/charades_submission.txt", str(tmp_path)
@@ -198,23 +201,33 @@ def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path
     second = run(3)
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert second.mlflow_run_id == first.mlflow_run_id
-    assert second.metrics["restarts"] == 1
-    assert second.metrics["steps_this_attempt"] == per_epoch  # only the third epoch ran
-    assert second.metrics["global_step"] == 3 * per_epoch
+    assert second.metrics[names.RESTARTS] == 1
+    assert second.metrics[names.STEPS_THIS_ATTEMPT] == per_epoch  # only the third epoch ran
+    assert second.metrics[names.GLOBAL_STEP] == 3 * per_epoch
 
     # A finished run asked again for what it did: the same result, nothing trained, evaluated or logged again.
     third = run(3)
-    assert third.metrics["test_top1"] == second.metrics["test_top1"]
-    assert third.metrics["global_step"] == 3 * per_epoch
+    assert third.metrics[names.test(names.TOP1)] == second.metrics[names.test(names.TOP1)]
+    assert third.metrics[names.GLOBAL_STEP] == 3 * per_epoch
     assert (
-        third.metrics["restarts"] == 1
+        third.metrics[names.RESTARTS] == 1
     )  # the second run's report, sent again (a new evaluation would say 2)
     client = MlflowClient(tracking_uri=uri)
-    assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "epoch")) == [1, 2, 3]
-    assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "final")) == [2, 3]
-    assert client.get_run(first.mlflow_run_id).data.params["selection.split"] == "last_epoch"
-    assert not client.get_metric_history(first.mlflow_run_id, "val_top1")  # nothing scored per epoch
-    assert "best_top1" not in third.metrics
+    epochs = client.get_metric_history(first.mlflow_run_id, names.TRAIN_EPOCH)
+    assert sorted(m.value for m in epochs) == [1, 2, 3]
+    finals = client.get_metric_history(
+        first.mlflow_run_id, names.test(names.TOP1)
+    )  # each final report's test
+    assert sorted(m.step for m in finals) == [2 * per_epoch, 3 * per_epoch]
+    logged = client.get_run(first.mlflow_run_id).data
+    assert logged.params["selection.split"] == "last_epoch"
+    # Bookkeeping as tags: the third call resumed too (and found the run finished), so two restarts.
+    assert logged.tags["stpa.restarts"] == "2" and logged.tags["stpa.global_step"] == str(3 * per_epoch)
+    assert names.RESTARTS not in logged.metrics and names.GLOBAL_STEP not in logged.metrics
+    assert not client.get_metric_history(
+        first.mlflow_run_id, names.val(names.TOP1)
+    )  # nothing scored per epoch
+    assert names.best(names.TOP1) not in third.metrics
     assert os.path.exists(os.path.join(third.checkpoint_uri, "best_model.pt"))  # the last epoch's weights
 
 
@@ -256,11 +269,11 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, ucf_data, tmp_pa
     killer.join(timeout=1)
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert killed, "no train worker was found to kill"
-    assert result.metrics["restarts"] >= 1
-    assert result.metrics["global_step"] == 4 * per_epoch
-    assert result.metrics["steps_this_attempt"] < 4 * per_epoch  # resumed, not retrained from scratch
-    assert np.isfinite(result.metrics["test_top1"])
+    assert result.metrics[names.RESTARTS] >= 1
+    assert result.metrics[names.GLOBAL_STEP] == 4 * per_epoch
+    assert result.metrics[names.STEPS_THIS_ATTEMPT] < 4 * per_epoch  # resumed, not retrained from scratch
+    assert np.isfinite(result.metrics[names.test(names.TOP1)])
     client = MlflowClient(tracking_uri=uri)
-    epochs = [int(m.value) for m in client.get_metric_history(result.mlflow_run_id, "epoch")]
+    epochs = [int(m.value) for m in client.get_metric_history(result.mlflow_run_id, names.TRAIN_EPOCH)]
     assert sorted(epochs) == [1, 2, 3, 4], epochs
-    assert max(m.value for m in client.get_metric_history(result.mlflow_run_id, "restarts")) >= 1
+    assert int(client.get_run(result.mlflow_run_id).data.tags["stpa.restarts"]) >= 1
