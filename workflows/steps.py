@@ -122,12 +122,13 @@ def _sha256(uri: str) -> str:
 
 
 def cache(ctx: StepContext, prepare: dict) -> dict:
-    """Decode the training clips once into a Parquet cache (``--clip-cache``): later epochs read, not decode."""
-    from pipeline.clips.cache import cached_clip_dataset
+    """Decode the training clips once into a Parquet cache (``--clip-cache``): later epochs read, not decode
+    (``train_clips.cache_samplings`` samplings per video, cropped and flipped anew every epoch)."""
+    from pipeline.clips.cache import materialize_clips
 
     exp = experiment_of(ctx.config, prepare["num_classes"])
     root = storage.join(ctx.out_dir, "clips")
-    _, entry = cached_clip_dataset(prepare["train_manifest"], exp.train_clips, root)
+    entry = materialize_clips(prepare["train_manifest"], exp.train_clips, root)
     for failure in entry.failures:
         print(f"decode failure (cached): {failure}", flush=True)
     return {"clip_cache": root, "num_failures": len(entry.failures)}

@@ -57,8 +57,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -103,11 +104,14 @@ class ClipConfig:
     decode_batch_size: int | None = None
     num_decoders: int | None = None  # concurrent decode tasks; None: one per CPU of the cluster
     strict: bool = False  # fail the run on the first video that cannot be decoded instead of dropping it
+    # Training clips in the decode-once cache (pipeline.clips.cache): temporal samplings stored per video, as
+    # resized uncropped frames; epoch e reads sampling e % cache_samplings and draws its own crop and flip.
+    cache_samplings: int = 4
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"ClipConfig.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        for name in ("num_segments", "frames_per_segment", "stride", "num_test_clips"):
+        for name in ("num_segments", "frames_per_segment", "stride", "num_test_clips", "cache_samplings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClipConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.test_crops not in (1, 3):
@@ -136,10 +140,13 @@ class ClipConfig:
         return 1 if self.train else sampling.num_views(self.num_test_clips, self.test_crops)
 
     def sampling_key(self) -> dict:
-        """The fields that decide a clip's pixels (not how it is scheduled): what a cache is keyed by."""
+        """The fields that decide a clip's pixels (not how it is scheduled): what a cache is keyed by.
+        ``cache_samplings`` decides what a training cache entry holds; test clips never depend on it."""
         fields = dataclasses.asdict(self)
         for name in ("decode_batch_size", "num_decoders", "strict"):
             fields.pop(name)
+        if not self.train:
+            fields.pop("cache_samplings")
         fields["scales"] = list(self.scales)
         return fields
 
@@ -194,11 +201,7 @@ def make_views(
     if config.short_side is not None:
         frames = transforms.resize_short_side(frames, config.short_side)  # each distinct frame resized once
     if config.train:
-        clip = frames[inverse[0]]  # (K, T, H, W, 3)
-        clip = transforms.random_scale_crop(clip, config.crop_size, rng, config.scales, config.max_distort)
-        if config.flip and rng.random() < 0.5:
-            clip = transforms.hflip(clip)
-        return clip[None]  # (1, K, T, S, S, 3)
+        return train_view(frames[inverse[0]], config, rng)[None]  # (1, K, T, S, S, 3)
     views = []
     for view in range(config.num_views):
         c, crop_index = sampling.view_to_clip_crop(view, config.test_crops)
@@ -207,6 +210,26 @@ def make_views(
             clip = transforms.spatial_crop(clip, config.crop_size, crop_index, config.test_crops)
         views.append(clip)
     return np.stack(views)  # (V, K, T, S, S, 3)
+
+
+def train_view(clip: np.ndarray, config: ClipConfig, rng: np.random.Generator) -> np.ndarray:
+    """The training augmentation of one sampled clip: TSN's multi-scale crop, then a flip with probability 1/2.
+
+    Shared by decoding (``make_views``) and the decode-once cache, which stores the resized frames and draws
+    the crop and flip when it reads them; the draws come after the sampling's from the same generator.
+
+    Args:
+        clip: uint8 (K, T, H, W, 3), the sampled frames resized to ``config.short_side``.
+        config: Transform settings (``crop_size``, ``scales``, ``max_distort``, ``flip``).
+        rng: The video's generator for this epoch, already used for sampling.
+
+    Returns:
+        uint8 (K, T, S, S, 3) with S = ``config.crop_size``.
+    """
+    clip = transforms.random_scale_crop(clip, config.crop_size, rng, config.scales, config.max_distort)
+    if config.flip and rng.random() < 0.5:
+        clip = transforms.hflip(clip)
+    return clip
 
 
 def decode_views(
@@ -233,6 +256,35 @@ def decode_views(
     if frames.shape[0] != len(unique):
         raise VideoDecodeError(uri, f"decoder returned {frames.shape[0]} frames, {len(unique)} requested")
     return make_views(frames, inverse, config, rng), indices
+
+
+def decode_samplings(
+    uri: str, index: VideoIndex, config: ClipConfig, rngs: list[np.random.Generator]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training samplings of several epochs of one video, decoded in one pass and resized, not cropped.
+
+    What the decode-once cache stores: sampling ``n`` is ``sample_indices`` with ``rngs[n]``, so with the epoch's
+    generator (``sampling.clip_rng``) it is the sampling that decoding draws in that epoch; ``train_view`` with the
+    same generator then gives the epoch's clip exactly. The frames of all samplings are read together (sorted,
+    de-duplicated) and each distinct frame is resized once.
+
+    Raises:
+        pipeline.video.decode.VideoDecodeError: the video cannot be read or returned too few frames.
+
+    Returns:
+        ``(clips, indices)``: uint8 (N, K, T, H, W, 3), frames resized to ``config.short_side``, and the int64
+        (N, 1, K, T) frame indices they were taken from (N = ``len(rngs)``).
+    """
+    if not config.train:
+        raise ValueError("decode_samplings samples training clips (ClipConfig.train=True)")
+    indices = np.stack([sample_indices(index.num_frames, config, rng) for rng in rngs])  # (N, 1, K, T)
+    unique, inverse = sampling.unique_frames(indices)
+    frames = read_frames(uri, unique, index=index)  # (U, H, W, 3)
+    if frames.shape[0] != len(unique):
+        raise VideoDecodeError(uri, f"decoder returned {frames.shape[0]} frames, {len(unique)} requested")
+    if config.short_side is not None:
+        frames = transforms.resize_short_side(frames, config.short_side)
+    return frames[inverse[:, 0]], indices  # (N, K, T, H, W, 3)
 
 
 def frame_times_of(index: VideoIndex) -> np.ndarray:
@@ -278,6 +330,69 @@ def view_labels(
 
 
 # --- the batch function ------------------------------------------------------------------------------------------
+class VideoRow(NamedTuple):
+    """One manifest row as a decode task sees it."""
+
+    video_id: str
+    uri: str
+    num_frames: int
+    frame_index: bytes | None
+    label: int | list[int] | None  # int (single-label) or class list (multi-label)
+    segments: list[tuple[int, float, float]] | None  # (class, start, end) in seconds; None for single-label
+
+
+def video_rows(batch: pa.Table, num_classes: int | None) -> list[VideoRow]:
+    """The rows of a block of manifest rows (the columns ``build_clip_dataset`` keeps)."""
+    multi_label = num_classes is not None
+    if multi_label:
+        segments = [
+            [(s["label"], s["start"], s["end"]) for s in row or []]
+            for row in batch.column(schema.SEGMENTS).to_pylist()
+        ]
+    else:
+        segments = [None] * batch.num_rows
+    return [
+        VideoRow(*fields)
+        for fields in zip(
+            batch.column(schema.VIDEO_ID).to_pylist(),
+            batch.column(schema.VIDEO_URI).to_pylist(),
+            batch.column(schema.NUM_FRAMES).to_pylist(),
+            batch.column(schema.FRAME_INDEX).to_pylist(),
+            batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist(),
+            segments,
+            strict=True,
+        )
+    ]
+
+
+def video_index_of(row: VideoRow) -> VideoIndex:
+    """The frame index a manifest row carries.
+
+    Raises:
+        pipeline.video.decode.VideoDecodeError: the row has no index, or its frame count disagrees with it.
+    """
+    if not row.frame_index:
+        raise VideoDecodeError(row.uri, "the manifest gives no frame index")
+    index = index_from_bytes(row.uri, row.frame_index)
+    if row.num_frames != index.num_frames:  # an edited or stale manifest: its row and its index disagree
+        raise VideoDecodeError(
+            row.uri,
+            f"the manifest row says {row.num_frames} frames, its frame index {index.num_frames} frames",
+        )
+    return index
+
+
+def decode_failure(
+    row: VideoRow, error: Exception, config: ClipConfig, epoch: int
+) -> tuple[str, str, str, int]:
+    """The ledger record of a video that could not be decoded (raises instead when ``config.strict``)."""
+    reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+    if config.strict:
+        raise RuntimeError(f"video {row.video_id} ({row.uri}) could not be decoded: {reason}") from error
+    logger.warning("dropping video %s (%s): %s", row.video_id, row.uri, reason)
+    return row.video_id, row.uri, reason, epoch
+
+
 def decode_clip_batch(
     batch: pa.Table,
     *,
@@ -290,8 +405,8 @@ def decode_clip_batch(
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
-        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``FRAME_INDEX``, the label column and, for
-            multi-label manifests, ``SEGMENTS``).
+        batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``FRAME_INDEX``, the label column
+            and, for multi-label manifests, ``SEGMENTS``).
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
         num_classes: Classes of a multi-label manifest (None for single-label).
@@ -304,58 +419,34 @@ def decode_clip_batch(
     """
     import ray
 
-    ids = batch.column(schema.VIDEO_ID).to_pylist()
-    uris = batch.column(schema.VIDEO_URI).to_pylist()
-    frame_counts = batch.column(schema.NUM_FRAMES).to_pylist()
-    frame_indices = batch.column(schema.FRAME_INDEX).to_pylist()
+    rows = video_rows(batch, num_classes)
     multi_label = num_classes is not None
-    labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
-    if multi_label:
-        segments = [
-            [(s["label"], s["start"], s["end"]) for s in row or []]
-            for row in batch.column(schema.SEGMENTS).to_pylist()
-        ]
-    else:
-        segments = [None] * len(ids)
     if not config.train:
-        epochs = [0] * len(ids)
+        epochs = [0] * len(rows)
     elif epoch is None:
-        epochs = ray.get(ledger.next_epochs.remote(key, ids))
+        epochs = ray.get(ledger.next_epochs.remote(key, [row.video_id for row in rows]))
     else:
-        epochs = [epoch] * len(ids)
+        epochs = [epoch] * len(rows)
 
     frames, out_labels, out_ids, out_views, failures = [], [], [], [], []
-    for video_id, uri, num_frames, frame_index, label, video_segments, video_epoch in zip(
-        ids, uris, frame_counts, frame_indices, labels, segments, epochs, strict=True
-    ):
-        rng = sampling.clip_rng(config.seed, video_epoch, video_id) if config.train else None
+    for row, video_epoch in zip(rows, epochs, strict=True):
+        rng = sampling.clip_rng(config.seed, video_epoch, row.video_id) if config.train else None
         try:
-            if not frame_index:
-                raise VideoDecodeError(uri, "the manifest gives no frame index")
-            index = index_from_bytes(uri, frame_index)
-            if num_frames != index.num_frames:  # an edited or stale manifest: its row and its index disagree
-                raise VideoDecodeError(
-                    uri,
-                    f"the manifest row says {num_frames} frames, its frame index {index.num_frames} frames",
-                )
-            views, indices = decode_views(uri, index, config, rng)
+            index = video_index_of(row)
+            views, indices = decode_views(row.uri, index, config, rng)
         except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
-            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            if config.strict:
-                raise RuntimeError(f"video {video_id} ({uri}) could not be decoded: {reason}") from e
-            logger.warning("dropping video %s (%s): %s", video_id, uri, reason)
-            failures.append((video_id, uri, reason, video_epoch))
+            failures.append(decode_failure(row, e, config, video_epoch))
             continue
         frames.append(views)  # (V, K, T, S, S, 3)
-        out_ids += [video_id] * len(views)
+        out_ids += [row.video_id] * len(views)
         out_views += list(range(len(views)))
         if multi_label:
-            label_sets = view_labels(indices, index, config, label or [], video_segments)
+            label_sets = view_labels(indices, index, config, row.label or [], row.segments)
             out_labels += [
-                _label_value(labels_of_view, num_classes, video_id) for labels_of_view in label_sets
+                label_value(labels_of_view, num_classes, row.video_id) for labels_of_view in label_sets
             ]
         else:
-            out_labels += [_label_value(label, num_classes, video_id)] * len(views)
+            out_labels += [label_value(row.label, num_classes, row.video_id)] * len(views)
     if failures:
         ray.get(ledger.record.remote(key, failures))  # synchronous: recorded before this batch is delivered
 
@@ -375,7 +466,8 @@ def decode_clip_batch(
     return out
 
 
-def _label_value(label, num_classes: int | None, video_id: str):
+def label_value(label, num_classes: int | None, video_id: str):
+    """A row's label: the int itself (single-label), or float32 (num_classes,) multi-hot."""
     if num_classes is None:
         return int(label)
     hot = np.zeros(num_classes, dtype=np.float32)
@@ -458,6 +550,26 @@ def build_clip_dataset(
         ValueError: With dense sampling of a multi-label manifest, a row whose ``labels`` are not the classes of
             its ``segments`` (or no ``segments`` column).
     """
+    return decode_manifest(manifest, config, decode_clip_batch, epoch=epoch, report=report)
+
+
+def decode_manifest(
+    manifest: str | pa.Table,
+    config: ClipConfig,
+    batch_fn: Callable[..., dict[str, np.ndarray] | pa.Table],
+    *,
+    epoch: int | None = None,
+    report: DecodeReport | None = None,
+) -> ray.data.Dataset:
+    """The manifest's rows in blocks of ``decode_batch_size``, mapped by ``batch_fn`` on the cluster's CPUs.
+
+    What ``build_clip_dataset`` does with ``decode_clip_batch``; the decode-once cache maps its own batch function
+    over the same blocks. ``batch_fn(block, config=, epoch=, num_classes=, ledger=, key=)`` gets a pyarrow table
+    of manifest rows (``video_rows`` reads it).
+
+    Raises:
+        ValueError: As ``build_clip_dataset``.
+    """
     import ray
 
     if epoch is not None and epoch < 0:
@@ -497,7 +609,7 @@ def build_clip_dataset(
         seed = ray.data.RandomSeedConfig(seed=config.seed, reseed_after_execution=True)
         ds = ds.randomize_block_order(seed=seed)
     ds = ds.map_batches(
-        decode_clip_batch,
+        batch_fn,
         batch_size=size,
         batch_format="pyarrow",
         fn_kwargs={

@@ -71,9 +71,9 @@ def fit(
         storage_path: where Ray Train keeps checkpoints: a local folder or any fsspec URI.
         run_name: Ray Train run name and MLflow run name; the key for resuming.
         tracking_uri: MLflow tracking URI (default: ``pipeline.tracking.runs.tracking_uri()``); ``""`` disables MLflow.
-        clip_cache: decode-once cache root (``pipeline.clips.cache``): the training clips are decoded once, written
-            there as Parquet, and every epoch reads them back instead of decoding. Trades augmentation diversity
-            (the same sampled clip and crop of each video every epoch) for speed.
+        clip_cache: decode-once cache root (``pipeline.clips.cache``): ``train_clips.cache_samplings`` temporal
+            samplings of every training video are decoded once, written there as Parquet (resized, not cropped),
+            and every epoch reads one of them back instead of decoding, with its own multi-scale crop and flip.
         callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
             ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
         title: the MLflow run name people read (``pipeline.tracking.runs.run_title``); default ``run_name``.
@@ -138,9 +138,8 @@ def fit(
     storage_filesystem, storage_root = storage.ray_storage(storage_path)
     train_report = DecodeReport.new()  # training videos that fail to decode are dropped and listed here
     if clip_cache:
-        train_dataset, entry = cached_clip_dataset(train_table, exp.train_clips, clip_cache)
-        for failure in entry.failures:
-            print(f"decode failure (cached): {failure}", flush=True)
+        # Each pass Ray Train makes is the next epoch of every video (counted in the report's ledger).
+        train_dataset, _ = cached_clip_dataset(train_table, exp.train_clips, clip_cache, report=train_report)
     else:
         train_dataset = build_clip_dataset(train_table, exp.train_clips, report=train_report)
     trainer = TorchTrainer(

@@ -68,7 +68,15 @@ def _mlflow(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def _fit(exp, manifests: tuple[str, str, str], tmp_path, run_name: str, *, with_val: bool = True):
+def _fit(
+    exp,
+    manifests: tuple[str, str, str],
+    tmp_path,
+    run_name: str,
+    *,
+    with_val: bool = True,
+    clip_cache: str | None = None,
+):
     """``fit`` on (train, val, test) manifests with the test's storage and MLflow store; without val when asked."""
     train_uri, val_uri, test_uri = manifests
     return fit(
@@ -79,6 +87,7 @@ def _fit(exp, manifests: tuple[str, str, str], tmp_path, run_name: str, *, with_
         storage_path=str(tmp_path / "ray"),
         run_name=run_name,
         tracking_uri=_mlflow(tmp_path),
+        clip_cache=clip_cache,
     )
 
 
@@ -188,17 +197,27 @@ def test_charades_multilabel_run_writes_submission(ray_local, tmp_path):
 
 
 def test_resume_after_driver_restart_same_run_name(ray_local, ucf_data, tmp_path):
-    """Resuming, and a run without a val split: no per-epoch selection, the last epoch's weights are kept."""
+    """Resuming, and a run without a val split: no per-epoch selection, the last epoch's weights are kept. The
+    training clips come from the decode-once cache (``fit(clip_cache=...)``): written by the first call, read by
+    the others, with exact epoch lengths on both ranks."""
     from mlflow.tracking import MlflowClient
+
+    from pipeline.clips.cache import SUCCESS_FILE
 
     train_uri = ucf_data[0]
     uri = _mlflow(tmp_path)
+    cache = tmp_path / "clips"
 
     def run(epochs: int):
-        return _fit(_smoke(5, **{"train.epochs": epochs}), ucf_data, tmp_path, "r", with_val=False)
+        exp = _smoke(5, **{"train.epochs": epochs})
+        return _fit(exp, ucf_data, tmp_path, "r", with_val=False, clip_cache=str(cache))
 
     first = run(2)
+    (entry,) = list(cache.iterdir())  # one entry: the training clips of the smoke preset
+    written = (entry / SUCCESS_FILE).stat().st_mtime_ns
     second = run(3)
+    assert [p.name for p in cache.iterdir()] == [entry.name]
+    assert (entry / SUCCESS_FILE).stat().st_mtime_ns == written  # a hit: not decoded again
     per_epoch = steps_per_epoch(read_manifest(train_uri)[0].num_rows, 2, 4)
     assert second.mlflow_run_id == first.mlflow_run_id
     assert second.metrics[names.RESTARTS] == 1
