@@ -24,6 +24,7 @@ LAYERS = {
     "pipeline.storage": 0,
     "pipeline.schema": 0,
     "pipeline.runtime": 0,
+    "pipeline.errors": 0,
     "pipeline.workflow": 1,
     "pipeline.video": 1,
     "pipeline.data": 2,
@@ -35,6 +36,7 @@ LAYERS = {
     "pipeline.training": 7,
     "pipeline.sweep": 8,
     "pipeline.cli": 9,
+    "pipeline.flags": 9,
 }
 
 

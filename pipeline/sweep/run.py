@@ -110,6 +110,7 @@ class _TrialSetup:
     tracking_uri: str  # "" disables MLflow
     parent_run_id: str | None
     clip_cache: str | None
+    dataset_name: str | None = None  # names the MLflow experiment (stpa-<name>); default exp.dataset
 
 
 def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
@@ -132,6 +133,7 @@ def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
         tracking_uri=setup.tracking_uri,
         tags=tags,
         clip_cache=setup.clip_cache,
+        dataset_name=setup.dataset_name,
         callbacks=[TuneReportCallback()],  # [ray] each epoch's report reaches Tune (ASHA)
     )
 
@@ -158,6 +160,7 @@ def run_sweep(
     seed: int = 0,
     clip_cache: str | None = None,
     stop: Mapping[str, float] | Callable[[str, dict], bool] | None = None,
+    dataset_name: str | None = None,
 ) -> SweepResult:
     """Run (or resume) a Tune sweep of ``num_samples`` trials, each a distributed ``fit``, with ASHA.
 
@@ -181,6 +184,8 @@ def run_sweep(
         clip_cache: decode-once cache root handed to every trial's ``fit``.
         stop: a Tune stop criterion besides ASHA (``{"best_top1": 0.95}``, or ``fn(trial_id, result) -> bool``);
             a trial it ends is reported as ``stopped``, like one ASHA ends.
+        dataset_name: names the MLflow experiment of the sweep and its trials, ``stpa-<dataset_name>`` (default
+            ``exp.dataset``).
 
     Returns:
         The best trial (by its best val-split value of the primary metric) and the comparison table.
@@ -254,7 +259,7 @@ def run_sweep(
             "sweep.val_manifest": val_manifest,
             "sweep.selection_split": "val",
         }
-        parent_run_id = _parent_run(uri, name, exp, space, settings)
+        parent_run_id = _parent_run(uri, name, exp, space, settings, dataset_name or exp.dataset)
 
     setup = _TrialSetup(
         exp=exp,
@@ -265,6 +270,7 @@ def run_sweep(
         tracking_uri=uri,
         parent_run_id=parent_run_id,
         clip_cache=clip_cache,
+        dataset_name=dataset_name,
     )
     trainable = tune.with_resources(tune.with_parameters(_run_trial, setup=setup), {"cpu": 0.01})
     if resuming:
@@ -303,9 +309,13 @@ def run_sweep(
     return _summarise(grid, exp, name, storage_path, uri, parent_run_id, metric)
 
 
-def _parent_run(uri: str, name: str, exp: ExperimentConfig, space: Mapping[str, Any], settings: dict) -> str:
+def _parent_run(
+    uri: str, name: str, exp: ExperimentConfig, space: Mapping[str, Any], settings: dict, dataset_name: str
+) -> str:
     """The sweep's parent MLflow run (found again by name when resuming); its params are logged once."""
-    parent_run_id, resumed = find_or_create_run(uri, exp.dataset, name, {SWEEP_TAG: name, ROLE_TAG: "parent"})
+    parent_run_id, resumed = find_or_create_run(
+        uri, dataset_name, name, {SWEEP_TAG: name, ROLE_TAG: "parent"}
+    )
     if not resumed:
         log_sweep_params(uri, parent_run_id, exp, space, settings)
     return parent_run_id

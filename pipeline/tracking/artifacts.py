@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import schema
+from pipeline import schema, storage
 from pipeline.clips.dataset import build_clip_dataset
 from pipeline.data.manifest import manifest_class_names
 from pipeline.evaluation.metrics import charades_submission_lines
@@ -141,7 +141,9 @@ def log_evaluation_artifacts(
                     maps = attention_heatmaps(
                         output.attention, output.feature_hw, flat.shape[0], flat.shape[1:3]
                     )
-                    path = os.path.join(out, f"attention_{video_id}.png")
+                    path = os.path.join(
+                        out, f"attention_{storage.file_name(str(video_id))}.png"
+                    )  # ids may hold "/"
                     heatmap_figure(flat, maps[0].float().cpu().numpy(), path, f"{video_id}: attention")
                     run.client.log_artifact(run.run_id, path, artifact_path="attention")
 

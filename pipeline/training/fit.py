@@ -21,13 +21,14 @@ from pipeline.clips.dataset import build_clip_dataset
 from pipeline.clips.ledger import DecodeReport
 from pipeline.config import ExperimentConfig
 from pipeline.data.manifest import read_manifest
+from pipeline.errors import UserError
 from pipeline.storage import read_bytes
 from pipeline.tracking.artifacts import log_model
 from pipeline.tracking.runs import find_or_create_run, flatten_config
 from pipeline.tracking.runs import tracking_uri as default_tracking_uri
 from pipeline.training.checkpoint import BEST_MODEL_FILE
 from pipeline.training.loop import SELECTION_LAST_EPOCH, SELECTION_VAL, steps_per_epoch, train_loop_per_worker
-from pipeline.training.ray_hooks import MlflowEpochLogger
+from pipeline.training.ray_hooks import MlflowEpochLogger, RaiseUserErrors
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def fit(
     tags: dict[str, str] | None = None,
     clip_cache: str | None = None,
     callbacks: list | None = None,
+    dataset_name: str | None = None,
 ) -> FitResult:
     """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
 
@@ -71,10 +73,14 @@ def fit(
             (the same sampled clip and crop of each video every epoch) for speed.
         callbacks: Ray Train callbacks added to the run's ``RunConfig`` (a sweep passes Tune's
             ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
+        dataset_name: names the MLflow experiment, ``stpa-<dataset_name>`` (default ``exp.dataset``; a folder
+            dataset's ``--name``).
 
     Raises:
-        ValueError: no test manifest with ``train.final_test``, manifests of different classes, a class count other than ``model.num_classes``, or too few
-            training videos for one step.
+        ValueError: no test manifest with ``train.final_test``, manifests of different classes, or a class count
+            other than ``model.num_classes``.
+        pipeline.errors.UserError: too few training videos for one step; or training waited
+            ``train.batch_timeout_s`` for a batch (``pipeline.training.loop.BatchTimeoutError``, not retried).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -94,9 +100,9 @@ def fit(
         )
     num_steps = steps_per_epoch(train_table.num_rows, cfg.num_workers, cfg.batch_size)
     if num_steps == 0:
-        raise ValueError(
+        raise UserError(
             f"{train_manifest}: {train_table.num_rows} training videos are too few for {cfg.num_workers} workers "
-            f"x batch {cfg.batch_size}: lower train.batch_size or train.num_workers"
+            f"x batch {cfg.batch_size}: lower --batch-size or --num-workers (train.batch_size, train.num_workers)"
         )
 
     if cfg.freeze_bn != "none" and not cfg.pretrained:
@@ -109,7 +115,7 @@ def fit(
     uri = default_tracking_uri() if tracking_uri is None else tracking_uri
     run_id = None
     if uri:
-        run_id, resumed = find_or_create_run(uri, exp.dataset, run_name, tags)
+        run_id, resumed = find_or_create_run(uri, dataset_name or exp.dataset, run_name, tags)
         if not resumed:
             _log_run_setup(
                 uri, run_id, exp, {"train": train_manifest, "val": val_manifest, "test": test_manifest}
@@ -149,7 +155,11 @@ def fit(
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_kept),
             # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
-            callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
+            callbacks=[
+                *([MlflowEpochLogger(uri, run_id)] if run_id else []),
+                RaiseUserErrors(),
+                *(callbacks or []),
+            ],
             # Ray Train reroutes a worker's print() through its logger, which reaches the console twice when
             # Ray captures the worker's stdout (every epoch line printed two times); plain prints unless the
             # user set RAY_TRAIN_ENABLE_PRINT_PATCH.
@@ -161,7 +171,15 @@ def fit(
         ),
         datasets={"train": train_dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as error:
+        cause = getattr(
+            error, "controller_failure", None
+        )  # RaiseUserErrors' UserError, as Ray Train raises it
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
     if result.error:
         raise result.error
     if train_report.num_failed:
