@@ -1,8 +1,11 @@
-"""The ``stpa`` command line: ``stpa prepare``, ``stpa transcode``, ``stpa synth``, ``stpa inspect``, ``stpa models``,
-``stpa predict``.
+"""The ``stpa`` command line: ``stpa prepare``, ``transcode``, ``synth``, ``inspect``, ``config``, ``models``,
+``predict``.
 
 Each subcommand parses its flags here and calls one function of the pipeline; heavy imports (Ray, decord, torch)
-happen inside the handlers so ``stpa --help`` is instant.
+happen inside the handlers so ``stpa --help`` is instant. A problem the user fixes (``pipeline.errors.UserError``:
+a tracking server that does not answer, a bad ``--set``) prints ``error: <message>`` and exits with status 2
+(``--debug`` shows the traceback). Commands that only read (``inspect``, ``config``, ``models``, ``predict``) create
+no file: a SQLite tracking URI whose database does not exist reads as an empty registry.
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
+
+from pipeline.errors import EXIT_USER_ERROR, UserError
+from pipeline.flags import HelpFormatter, add_experiment_flags
 
 DATASETS = ("ucf101", "hmdb51", "charades", "folder")
 LAYOUTS = ("ucf101", "hmdb51", "charades")
@@ -33,7 +40,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         annotations or "",
         args.out,
         split=args.split,
-        num_workers=args.num_workers,
+        num_workers=args.probe_workers,
         val_fraction=args.val_fraction,
         val_seed=args.val_seed,
     )
@@ -102,14 +109,80 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     except VideoDecodeError as error:
         print(f"stpa inspect: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    indices = info["frame_indices"]
+    print(f"{info['video']}")
+    print(
+        f"  {info['num_frames']} frames, {info['fps']:.3f} fps, {info['duration']:.2f} s, "
+        f"{info['width']}x{info['height']}, read by {info['decode_method']}"
+        + (f", rotation {info['rotation']}" if info.get("rotation") else "")
+    )
+    if info.get("decode_note"):
+        print(f"  note: {info['decode_note']}")
+    print(
+        f"  clip: {len(indices)} segments x {len(indices[0]) if indices else 0} frames, shape {info['shape']} {info['dtype']}"
+    )
+    for k, frames in enumerate(indices):
+        times = ", ".join(f"{i} ({t:.2f} s)" for i, t in zip(frames, info["frame_times"][k], strict=True))
+        print(f"  segment {k}: frames {times}")
+    for key, label in (("out", "clip"), ("contact_sheet", "contact sheet")):
+        if info.get(key):
+            print(f"  {label}: {info[key]}")
+    return 0
+
+
+def _cmd_config_list(args: argparse.Namespace) -> int:
+    from pipeline.presets import NUM_CLASSES, PRESETS, preset
+
+    print(
+        f"{'preset':<9} {'backbone':<13} {'K':>2} {'input':>5} {'epochs':>6}  workers x batch  {'device':<6} precision"
+    )
+    for name in PRESETS:
+        dataset = (
+            name if name in NUM_CLASSES else "folder"
+        )  # a preset for its own dataset (Charades: 20 epochs)
+        exp = preset(name, dataset, NUM_CLASSES.get(dataset, 2))
+        train = exp.train
+        device = "GPU" if train.use_gpu else "CPU"
+        print(
+            f"{name:<9} {exp.model.backbone:<13} {exp.train_clips.num_segments:>2} {exp.model.input_size:>5} "
+            f"{train.epochs:>6}  {train.num_workers:>7} x {train.batch_size:<5}  {device:<6} {train.precision}"
+        )
+    print("GPU presets train on one GPU per worker; add --cpu (or --no-use-gpu) to run one on CPUs.")
+    print("stpa config show --preset NAME [--set SECTION.FIELD=VALUE ...] prints every field.")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.flags import build_experiment
+    from pipeline.presets import NUM_CLASSES
+
+    dataset = args.dataset or (args.preset if args.preset in NUM_CLASSES else "folder")
+    num_classes = args.num_classes or NUM_CLASSES.get(dataset, 2)
+    exp, overrides, _ = build_experiment(args, dataset, num_classes)
+    print(json.dumps({"overrides": overrides, **dataclasses.asdict(exp)}, indent=2, default=list))
     return 0
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from pipeline.tracking.runs import tracking_uri
+    """The command's tracking URI, checked: a server must answer within a few seconds (``UserError``)."""
+    from pipeline.tracking.runs import check_tracking_server, tracking_uri
 
-    return args.tracking_uri or tracking_uri()
+    uri = args.tracking_uri or tracking_uri()
+    check_tracking_server(uri)
+    return uri
+
+
+def _no_store(uri: str) -> bool:
+    """True when ``uri`` is a SQLite file that does not exist: nothing is registered there, and opening it would
+    create it."""
+    from pipeline.tracking.runs import tracking_store_exists
+
+    return not tracking_store_exists(uri)
 
 
 def _fmt(value: float | None) -> str:
@@ -122,7 +195,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     from pipeline.tracking.registry import list_models
 
     uri = _tracking_uri(args)
-    models = list_models(uri)
+    models = [] if _no_store(uri) else list_models(uri)
     if args.json:
         print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
         return 0
@@ -137,10 +210,12 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_show(args: argparse.Namespace) -> int:
-    from pipeline.tracking.registry import ModelNotFoundError, describe
+    from pipeline.tracking.registry import ModelNotFoundError, describe, not_found_message
 
     uri = _tracking_uri(args)
     try:
+        if _no_store(uri):
+            raise ModelNotFoundError(not_found_message(uri, args.dataset))
         info = describe(uri, args.dataset)
     except ModelNotFoundError as error:
         raise SystemExit(f"stpa models show: {error}") from None
@@ -189,6 +264,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     uri = _tracking_uri(args)
     name = registered_model_name(args.dataset)
+    if _no_store(uri):
+        raise SystemExit(f"stpa predict: {not_found_message(uri, args.dataset)}")
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.get_registered_model(name)
@@ -198,8 +275,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise SystemExit(f"stpa predict: {not_found_message(uri, args.dataset)}") from None
     if args.version is not None:
         model_uri = f"models:/{name}/{args.version}"
+        version = str(args.version)
         try:
-            client.get_model_version(name, str(args.version))
+            client.get_model_version(name, version)
         except MlflowException:
             raise SystemExit(
                 f"stpa predict: {name} has no version {args.version} (see stpa models show {args.dataset})"
@@ -208,7 +286,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         alias = args.alias or CHAMPION
         model_uri = f"models:/{name}@{alias}"
         try:
-            client.get_model_version_by_alias(name, alias)
+            version = client.get_model_version_by_alias(name, alias).version  # what the alias points at now
         except MlflowException:
             raise SystemExit(
                 f"stpa predict: {name} has no {alias!r} alias (see stpa models show {args.dataset}; or give "
@@ -218,6 +296,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     with process_uris(uri):
         model = mlflow.pyfunc.load_model(model_uri)
+    multi_label = model.unwrap_python_model().exp.model.multi_label
+    score_kind = (
+        "per-class sigmoid scores (multi-label: each class on its own, they need not sum to 1)"
+        if multi_label
+        else "softmax probabilities"
+    )
     table = model.predict(list(args.videos), params={"on_error": "nan"})
     class_names = [c for c in table.columns if c not in (VIDEO_COLUMN, ERROR_COLUMN)]
     results = []
@@ -230,9 +314,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         top = [{"class": class_names[i], "probability": float(scores[i])} for i in order]
         results.append({"video": row[VIDEO_COLUMN], "error": None, "top": top})
     if args.json:
-        print(json.dumps({"model": model_uri, "predictions": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": model_uri,
+                    "version": str(version),
+                    "scores": "sigmoid" if multi_label else "softmax",
+                    "predictions": results,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"model {model_uri}")
+        print(f"model {model_uri} (version {version}); {score_kind}")
         for result in results:
             print(result["video"])
             if result["error"]:
@@ -264,7 +358,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", help="folder of the official annotation files")
     p.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51: 1-3)")
     p.add_argument("--out", required=True, help="output folder (URI) for the manifests and report")
-    p.add_argument("--num-workers", type=int, default=None, help="probe parallelism (default: automatic)")
+    p.add_argument(
+        "--probe-workers",
+        type=int,
+        default=None,
+        help="videos probed at once (threads, or Ray tasks from 64 videos on; default: the machine's CPUs, at most 8)",
+    )
+    p.add_argument("--num-workers", action=_Renamed, new="--probe-workers", help=argparse.SUPPRESS)
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -313,7 +413,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         help="generate a small dataset in an official layout",
         description="Write a small synthetic dataset (videos + byte-compatible annotation files). In mode 'set' a "
         "class is decided by evidence spread over the clip; in mode 'order' classes differ only in the direction "
-        "of motion (no order-blind model beats 50%%).",
+        "of motion (no order-blind model beats 50%).",
     )
     p.add_argument("layout", choices=LAYOUTS)
     p.add_argument("--out", required=True)
@@ -344,8 +444,47 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "--size", type=int, default=None, help="shorter side then centre crop (default: decoded size)"
     )
     p.add_argument("--out", default=None, help="where to save the clip (.npy)")
-    p.add_argument("--contact-sheet", default=None, help="where to save a PNG contact sheet")
+    p.add_argument(
+        "--contact-sheet",
+        default=None,
+        help="where to save a PNG contact sheet: a grid of the clip's frames labelled with segment, frame index "
+        "and time",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_cmd_inspect)
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    """``stpa config list | show``."""
+    p = sub.add_parser(
+        "config",
+        help="the presets and the resolved configuration: stpa config list | show --preset P",
+        description="The named presets (pipeline/presets.py) and the configuration a workflow would run with the "
+        "same flags (--preset, --set, --epochs, --cpu, ...).",
+        formatter_class=HelpFormatter,
+    )
+    config = p.add_subparsers(dest="config_command", required=True)
+    q = config.add_parser("list", help="the presets: model, clips, epochs, workers, GPU or CPU")
+    q.set_defaults(handler=_cmd_config_list)
+    q = config.add_parser(
+        "show",
+        help="every field of a preset with --set and the flags applied, as JSON",
+        formatter_class=HelpFormatter,
+    )
+    add_experiment_flags(q)
+    q.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="the dataset the preset is applied to (default: the preset's own, else folder)",
+    )
+    q.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes (default: the dataset's; folder: from the data, 2 here)",
+    )
+    q.set_defaults(handler=_cmd_config_show)
 
 
 def _tracking_parent() -> argparse.ArgumentParser:
@@ -354,7 +493,8 @@ def _tracking_parent() -> argparse.ArgumentParser:
     tracking.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db); a server must "
+        "answer within 5 s",
     )
     return tracking
 
@@ -374,7 +514,7 @@ def _add_models(sub: argparse._SubParsersAction, tracking: argparse.ArgumentPars
     q = models.add_parser(
         "show", parents=[tracking], help="a dataset's champion: metrics, run link, config, and every version"
     )
-    q.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, folder)")
+    q.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, or a folder dataset's --name)")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=_cmd_models_show)
 
@@ -388,7 +528,7 @@ def _add_predict(sub: argparse._SubParsersAction, tracking: argparse.ArgumentPar
         description="Load a registered model (default: models:/stpa-<dataset>@champion) and print the top-k "
         "classes of each video, decoded and sampled as evaluation does (multi-view test, views combined).",
     )
-    p.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, folder)")
+    p.add_argument("dataset", help="dataset name (ucf101, hmdb51, charades, or a folder dataset's --name)")
     p.add_argument("videos", nargs="+", help="video paths or fsspec URIs")
     p.add_argument("--top-k", type=int, default=5)
     which = p.add_mutually_exclusive_group()
@@ -402,21 +542,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stpa",
         description="Video action classification with Interaction-aware Spatio-temporal Pyramid Attention.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_transcode(sub)
     _add_synth(sub)
     _add_inspect(sub)
+    _add_config(sub)
     tracking = _tracking_parent()
     _add_models(sub, tracking)
     _add_predict(sub, tracking)
     return parser
 
 
+class _Renamed(argparse.Action):
+    """A flag that was renamed: using it is an error naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(
+            f"{option_string} is now {self.new} ({option_string} means Ray Train workers in every command)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

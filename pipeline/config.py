@@ -10,7 +10,9 @@ carry it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,10 @@ class TrainConfig:
     num_checkpoints_kept: int = 2
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
     log_every_steps: int = 20
+    # A worker that waits this long for its next training batch fails the run, naming what the cluster waits for
+    # (Ray's pending resource demands), instead of waiting for ever; 0 waits for ever. It is the time spent waiting
+    # only, so a slow first epoch (decoding and scheduling start) is not counted against the steps themselves.
+    batch_timeout_s: float = 300.0
     pretrained: str | None = None  # backbone weights (torchvision/timm ResNet state dict), path or fsspec URI
     num_heatmap_clips: int = 4  # test clips whose attention maps are logged as images
     # Final multi-view test of the chosen weights (best on val, else the last epoch) inside training. Workflows turn it off and run their own
@@ -90,6 +96,8 @@ class TrainConfig:
             raise ValueError(
                 f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {self.placement_strategy!r}"
             )
+        if self.batch_timeout_s < 0:
+            raise ValueError(f"batch_timeout_s must be >= 0 (0: no limit), got {self.batch_timeout_s}")
         if self.freeze_bn not in ("none", "partial", "all"):
             raise ValueError(f"freeze_bn must be none, partial or all, got {self.freeze_bn!r}")
 
@@ -133,20 +141,47 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+SECTIONS = ("model", "train_clips", "val_clips", "test_clips", "optim", "train")
+
+
+def _close(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the nearest of ``choices``, or ``""``."""
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _resolve_key(exp: ExperimentConfig, key: str) -> tuple[str, str]:
+    """``(section, field)`` of a flat override key, or a ValueError naming the nearest valid name."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ValueError(
+            f"{section!r} is not a section{_close(section, list(SECTIONS))}; sections: {', '.join(SECTIONS)}"
+        )
+    if not name:
+        raise ValueError(
+            f"expected <section>.<field>, e.g. {section}.{dataclasses.fields(getattr(exp, section))[0].name}"
+        )
+    valid = [f.name for f in dataclasses.fields(getattr(exp, section))]
+    if name not in valid:
+        raise ValueError(
+            f"{section} has no field {name!r}{_close(name, valid)}; valid: {', '.join(sorted(valid))}"
+        )
+    return section, name
+
+
 def apply_overrides(exp: ExperimentConfig, overrides: dict[str, object]) -> ExperimentConfig:
     """Flat ``section.field`` overrides (``{"model.beta": 0.0, "train.epochs": 3}``), as Ray Tune's param_space
-    holds them, applied with ``dataclasses.replace`` so every section validates again."""
+    holds them, applied with ``dataclasses.replace`` so every section validates again.
+
+    Raises:
+        ValueError: an unknown section or field (with the nearest valid name), or a value the section refuses.
+    """
     sections: dict[str, dict[str, object]] = {}
     for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if not name or section not in {f.name for f in dataclasses.fields(exp)} or section == "dataset":
-            raise ValueError(
-                f"override {key!r} must be <section>.<field>, section one of model, train, optim, "
-                "train_clips, val_clips, test_clips"
-            )
-        valid = {f.name for f in dataclasses.fields(getattr(exp, section))}
-        if name not in valid:
-            raise ValueError(f"override {key!r}: {section} has no field {name!r}; valid: {sorted(valid)}")
+        try:
+            section, name = _resolve_key(exp, key)
+        except ValueError as error:
+            raise ValueError(f"override {key!r}: {error}") from None
         sections.setdefault(section, {})[name] = value
     changes = {s: dataclasses.replace(getattr(exp, s), **fields) for s, fields in sections.items()}
     return dataclasses.replace(exp, **changes)
@@ -207,23 +242,77 @@ def with_num_classes(exp: ExperimentConfig, num_classes: int) -> ExperimentConfi
     return dataclasses.replace(exp, model=dataclasses.replace(exp.model, num_classes=num_classes))
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``SECTION.FIELD=VALUE`` strings (``--set``) as flat overrides: VALUE is JSON, or a bare string.
+def parse_overrides(items: list[str], exp: ExperimentConfig) -> dict[str, object]:
+    """``SECTION.FIELD=VALUE`` strings (``--set``) as flat overrides, each VALUE parsed to its field's type.
+
+    Types come from the section dataclass's annotations: ``int``, ``float``, ``bool`` (true/false, yes/no, 1/0),
+    ``str``, ``X | None`` (``none`` or ``null`` for None) and ``tuple[X, ...]`` (a JSON list or comma-separated
+    items). The values are not validated beyond their type here: ``apply_overrides`` builds the sections, whose
+    ``__post_init__`` checks them.
 
     Raises:
-        ValueError: an item without ``=``.
+        ValueError: an item without ``=``, an unknown section or field (with the nearest valid name), or a value
+            that is not of the field's type; the message names the item and the field.
     """
     overrides: dict[str, object] = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
         try:
-            overrides[key] = json.loads(value)
+            section, name = _resolve_key(exp, key.strip())
+        except ValueError as error:
+            raise ValueError(f"--set {item}: {error}") from None
+        cls = type(getattr(exp, section))
+        try:
+            overrides[f"{section}.{name}"] = _parse_value(text.strip(), typing.get_type_hints(cls)[name])
+        except ValueError as error:
+            raise ValueError(f"--set {item}: {section}.{name} {error}") from None
+    return overrides
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _parse_value(text: str, annotation: Any) -> Any:
+    """``text`` as a value of ``annotation``; a ValueError says what the field takes."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # X | None
+        if text.lower() in ("none", "null"):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return _parse_value(text, inner)
+        except ValueError:
+            raise ValueError(f"takes {_TYPE_WORDS.get(inner, inner)} or none, got {text!r}") from None
+    if typing.get_origin(annotation) is tuple:
+        item_type = args[0]
+        try:
+            items = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
         except json.JSONDecodeError:
-            overrides[key] = value  # a bare string such as --set model.fusion=concat
-    # JSON has no tuples; tuple-typed fields (model.pyramid_layers, ...) are meant to hold them.
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+            raise ValueError(f"takes a list (e.g. [a, b] or a,b), got {text!r}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"takes a list, got {text!r}")
+        return tuple(_parse_value(str(item).strip(), item_type) for item in items)
+    if annotation is bool:
+        word = text.lower()
+        if word in ("true", "yes", "1", "on"):
+            return True
+        if word in ("false", "no", "0", "off"):
+            return False
+    elif annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    elif annotation is str:
+        return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
+    raise ValueError(f"takes {_TYPE_WORDS.get(annotation, annotation)}, got {text!r}")
 
 
 def experiment_to_json(exp: ExperimentConfig) -> str:

@@ -17,6 +17,7 @@ import dataclasses
 
 from pipeline.clips.dataset import ClipConfig
 from pipeline.config import ExperimentConfig, OptimConfig, TrainConfig
+from pipeline.errors import UserError
 from stpa_model import model_config
 
 NUM_CLASSES = {"ucf101": 101, "hmdb51": 51, "charades": 157}
@@ -115,3 +116,53 @@ def preset(name: str, dataset: str, num_classes: int) -> ExperimentConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
     return PRESETS[name](dataset, num_classes)
+
+
+# The flags that set the two sizes fit_to_dataset may lower (workflows/training.py), for its messages.
+BATCH_FLAG = "--batch-size"
+WORKERS_FLAG = "--num-workers"
+
+
+def fit_to_dataset(
+    exp: ExperimentConfig, num_train_videos: int, explicit: frozenset[str] | set[str] = frozenset()
+) -> tuple[ExperimentConfig, str | None]:
+    """The experiment with the preset's per-worker batch, then its worker count, lowered until each worker gets
+    at least one step per epoch (``(videos // workers) // batch >= 1``: equal shards, last partial batch dropped).
+
+    A preset is sized for its dataset; a user's 7 videos should still train. Values the user chose
+    (``explicit`` holds their keys, ``"train.batch_size"``, ``"train.num_workers"``) are never changed.
+
+    Returns:
+        ``(experiment, note)``: the note says what was lowered (None when nothing was).
+
+    Raises:
+        pipeline.errors.UserError: even the lowest allowed sizes give no step; the message names the flags.
+    """
+    cfg = exp.train
+    workers, batch = cfg.num_workers, cfg.batch_size
+    if num_train_videos < 1:
+        raise UserError("no training videos: the training split is empty")
+    if (num_train_videos // workers) // batch >= 1:
+        return exp, None
+    if "train.num_workers" not in explicit and num_train_videos < workers:
+        workers = num_train_videos
+    if "train.batch_size" not in explicit:
+        batch = max(1, min(batch, num_train_videos // workers))
+    if (num_train_videos // workers) // batch < 1:
+        fixed = [
+            flag
+            for key, flag in (("train.batch_size", BATCH_FLAG), ("train.num_workers", WORKERS_FLAG))
+            if key in explicit
+        ]
+        raise UserError(
+            f"{num_train_videos} training videos are too few for {workers} workers x batch {batch} (each worker "
+            f"needs a full batch per step): lower {' or '.join(fixed or [BATCH_FLAG, WORKERS_FLAG])}"
+        )
+    changes = []
+    if workers != cfg.num_workers:
+        changes.append(f"workers {cfg.num_workers} -> {workers} ({WORKERS_FLAG} sets it)")
+    if batch != cfg.batch_size:
+        changes.append(f"batch {cfg.batch_size} -> {batch} per worker ({BATCH_FLAG} sets it)")
+    note = f"{num_train_videos} training videos: the preset's " + ", ".join(changes)
+    train = dataclasses.replace(cfg, num_workers=workers, batch_size=batch)
+    return dataclasses.replace(exp, train=train), note

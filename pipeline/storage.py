@@ -6,11 +6,28 @@ same code serves a laptop and an object store. A URI without a scheme is a local
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
+import re
 
 import fsspec
 from fsspec.core import url_to_fs
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+
+
+def file_name(text: str) -> str:
+    """``text`` (a video id such as ``<class>/<stem>``, a dataset name) as one file or artifact name.
+
+    Path separators, control characters and the characters Windows refuses (``:*?"<>|``) become ``_``, and a
+    leading dot is dropped; a name that had to change gets ``-<6 hex digits of SHA-256(text)>`` appended, so two
+    ids that differ only there (``a/b_c``, ``a_b/c``) stay two names. Unicode letters and spaces are kept.
+    """
+    safe = _UNSAFE.sub("_", text).lstrip(".")
+    if safe == text:
+        return text
+    return f"{safe or '_'}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:6]}"
 
 
 def normalize_uri(uri: str) -> str:

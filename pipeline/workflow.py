@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import storage
+from pipeline.errors import UserError
 
 MARKER = "_SUCCESS"
 FORWARD_WAIT_S = 5.0  # how long the driver waits for a finished step's last output line to be forwarded
@@ -193,7 +194,12 @@ def _execute(fn: Callable[..., dict], ctx: StepContext, input_names: list[str], 
     """The body of every step's Ray task: run the function, then commit outputs and the marker (last)."""
     start = time.time()
     print(f"{ctx.step}: started", flush=True)
-    outputs = fn(ctx, **dict(zip(input_names, upstream, strict=True)))
+    try:
+        outputs = fn(ctx, **dict(zip(input_names, upstream, strict=True)))
+    except FileNotFoundError as error:  # a missing input: no retry brings it back
+        raise UserError(
+            f"{error.strerror or 'not found'}: {error.filename}" if error.filename else str(error)
+        ) from error
     if not isinstance(outputs, dict):
         raise TypeError(f"step {ctx.step!r} returned {type(outputs).__name__}, expected a dict")
     storage.write_text(storage.join(ctx.out_dir, OUTPUTS), json.dumps(outputs, indent=1, sort_keys=True))
@@ -249,7 +255,8 @@ class ForwardedLines:
 
 
 def _retryable_exceptions() -> list[type[BaseException]]:
-    """Exceptions worth retrying (I/O, lost workers, failed training attempts); config errors are not."""
+    """Exceptions worth retrying (I/O, lost workers, failed training attempts); config errors and
+    ``UserError`` (bad input, a cluster too small: ``pipeline.errors``) are not."""
     import ray.exceptions
 
     return [OSError, TimeoutError, ConnectionError, RuntimeError, ray.exceptions.RayError]
@@ -350,12 +357,35 @@ def _watched_stdout():
 
 
 class WorkflowError(RuntimeError):
+    """A step failed (after its retries, unless it raised a ``UserError``, which is never retried).
+
+    Attributes:
+        step: the step's name.
+        user_error: the step's ``UserError`` (unwrapped from Ray's task error), or None for any other failure.
+    """
+
     def __init__(self, workflow_id: str, step: str, cause: BaseException) -> None:
-        super().__init__(
-            f"workflow {workflow_id}: step {step!r} failed after its retries: {cause}\n"
-            f"Fix the cause and run the same command again (same --workflow-id): committed steps are skipped."
-        )
         self.step = step
+        self.user_error = _user_error_of(cause)
+        if self.user_error is not None:
+            message = f"step {step}: {self.user_error}"
+        else:
+            message = (
+                f"workflow {workflow_id}: step {step!r} failed after its retries: {cause}\n"
+                f"Fix the cause and run the same command again (same --workflow-id): committed steps are skipped."
+            )
+        super().__init__(message)
+
+
+def _user_error_of(error: BaseException) -> UserError | None:
+    """The ``UserError`` that failed a Ray task, unwrapped from its ``RayTaskError`` (whose ``cause`` is what the
+    task raised; its own text is the whole remote traceback), or None when something else failed it."""
+    for _ in range(8):  # a task that ran a task: causes chain
+        cause = getattr(error, "cause", None)
+        if cause is None:
+            return error if isinstance(error, UserError) else None
+        error = cause
+    return None
 
 
 def _write_plan(order: Sequence[Step], keys: dict[str, str], root: str, workflow_id: str) -> None:

@@ -25,6 +25,7 @@ LAYERS = {
     "pipeline.schema": 0,
     "pipeline.metric_names": 0,
     "pipeline.runtime": 0,
+    "pipeline.errors": 0,
     "pipeline.workflow": 1,
     "pipeline.video": 1,
     "pipeline.data": 2,
@@ -36,6 +37,7 @@ LAYERS = {
     "pipeline.training": 7,
     "pipeline.sweep": 8,
     "pipeline.cli": 9,
+    "pipeline.flags": 9,
 }
 
 

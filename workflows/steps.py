@@ -23,9 +23,17 @@ import os
 from pipeline import metric_names as names
 from pipeline import storage
 from pipeline.config import ExperimentConfig, apply_overrides, experiment_from_dict, with_num_classes
+from pipeline.errors import UserError
 from pipeline.workflow import StepContext
 
-SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades"}
+# The generated dataset's layout; a folder dataset gets UCF101's, whose UCF-101/<Class>/<video> is a class folder tree.
+SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades", "folder": "ucf101"}
+
+
+def dataset_name(config: dict) -> str:
+    """The name of the MLflow experiment and registered model (``stpa-<name>``): ``--name`` for a folder dataset,
+    else the dataset."""
+    return config.get("name") or config["dataset"]
 
 
 def experiment_of(config: dict, num_classes: int, extra_overrides: dict | None = None) -> ExperimentConfig:
@@ -54,6 +62,8 @@ def make_data(ctx: StepContext) -> dict:
         num_frames=24,
     )
     print(f"generated {len(summary.videos)} videos in {root}", flush=True)
+    if cfg["dataset"] == "folder":
+        root = storage.join(root, "UCF-101")  # the class folders
     return {"data_root": root, "num_videos": len(summary.videos)}
 
 
@@ -65,11 +75,22 @@ def prepare(ctx: StepContext, data: dict | None = None) -> dict:
 
     cfg = ctx.config
     data_root = cfg.get("data_root") or data["data_root"]
-    videos, annotations = dataset_root_paths(cfg["dataset"], data_root)
     out = storage.join(ctx.out_dir, "manifests")
-    report = prepare_manifest(
-        cfg["dataset"], videos, annotations, out, split=cfg["split"], val_fraction=cfg["val_fraction"]
-    )
+    try:
+        videos, annotations = dataset_root_paths(cfg["dataset"], data_root)
+        report = prepare_manifest(
+            cfg["dataset"],
+            videos,
+            cfg.get("annotations") or annotations,
+            out,
+            split=cfg["split"],
+            val_fraction=cfg["val_fraction"],
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as error:  # the data's problem (names file, line, or video): no retry
+        raise UserError(str(error)) from error
     print(report.summary(), flush=True)
     train_manifest, test_manifest = report.manifest_uris["train"], report.manifest_uris["test"]
     val_manifest = report.manifest_uris.get("val")
@@ -152,6 +173,7 @@ def sweep(ctx: StepContext, prepare: dict, cache: dict | None = None) -> dict:
         max_concurrent_trials=cfg.get("max_concurrent_trials"),
         seed=cfg.get("seed", 0),
         clip_cache=(cache or {}).get("clip_cache"),
+        dataset_name=dataset_name(cfg),
     )
     return {
         "parent_run_id": result.parent_run_id,
@@ -188,10 +210,15 @@ def train(ctx: StepContext, prepare: dict, cache: dict | None = None, sweep: dic
         tracking_uri=ctx.settings["tracking_uri"],
         tags=tags,
         clip_cache=(cache or {}).get("clip_cache"),
-        title=run_title(kind, cfg["dataset"], cfg["preset"]) + (" (best trial retrained)" if sweep else ""),
+        title=run_title(kind, dataset_name(cfg), cfg["preset"])
+        + (" (best trial retrained)" if sweep else ""),
         description=_workflow_description(ctx, cfg, best, sweep),
+        dataset_name=dataset_name(cfg),
     )
     return {
+        "tracking_uri": ctx.settings[
+            "tracking_uri"
+        ],  # a re-run against another URI says so (workflows/preflight.py)
         "run_name": run_name,
         "mlflow_run_id": result.mlflow_run_id,
         "mlflow_experiment_id": _experiment_id(ctx.settings["tracking_uri"], result.mlflow_run_id),
@@ -317,7 +344,7 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
     with _mlflow_event_lines_off():
         registration = register_model(
             uri,
-            ctx.config["dataset"],
+            dataset_name(ctx.config),
             f"runs:/{train['mlflow_run_id']}/model",
             metrics,
             primary_metric=primary,

@@ -381,8 +381,10 @@ def _probe_with_ray(uris: list[str], num_workers: int) -> list[ProbeResult]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        local = "RAY_ADDRESS" not in os.environ
-        ray.init(num_cpus=num_workers if local else None, include_dashboard=False if local else None)
+        if "RAY_ADDRESS" in os.environ:
+            ray.init()
+        else:  # a private local Ray, also when `ray start` left a cluster running here (pipeline.runtime)
+            ray.init(address="local", num_cpus=num_workers, include_dashboard=False)
     try:
         num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         num_chunks = max(1, min(len(uris), num_cpus * _CHUNKS_PER_WORKER))

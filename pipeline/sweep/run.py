@@ -112,6 +112,7 @@ class _TrialSetup:
     tracking_uri: str  # "" disables MLflow
     parent_run_id: str | None
     clip_cache: str | None
+    dataset_name: str | None = None  # names the MLflow experiment (stpa-<name>); default exp.dataset
 
 
 def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
@@ -135,6 +136,7 @@ def _run_trial(config: dict[str, Any], setup: _TrialSetup) -> None:
         tracking_uri=setup.tracking_uri,
         tags=tags,
         clip_cache=setup.clip_cache,
+        dataset_name=setup.dataset_name,
         callbacks=[TuneReportCallback()],  # [ray] each epoch's report reaches Tune (ASHA)
         title=f"trial {trial_id.rsplit('_', 1)[-1]}: {sampled}",
         description=f"Trial `{trial_id}` of sweep `{setup.sweep_name}`: {sampled}.",
@@ -163,6 +165,7 @@ def run_sweep(
     seed: int = 0,
     clip_cache: str | None = None,
     stop: Mapping[str, float] | Callable[[str, dict], bool] | None = None,
+    dataset_name: str | None = None,
 ) -> SweepResult:
     """Run (or resume) a Tune sweep of ``num_samples`` trials, each a distributed ``fit``, with ASHA.
 
@@ -186,6 +189,8 @@ def run_sweep(
         clip_cache: decode-once cache root handed to every trial's ``fit``.
         stop: a Tune stop criterion besides ASHA (``{"val/best_top1": 0.95}``, or ``fn(trial_id, result) -> bool``);
             a trial it ends is reported as ``stopped``, like one ASHA ends.
+        dataset_name: names the MLflow experiment of the sweep and its trials, ``stpa-<dataset_name>`` (default
+            ``exp.dataset``).
 
     Returns:
         The best trial (by its best val-split value of the primary metric) and the comparison table.
@@ -259,7 +264,7 @@ def run_sweep(
             "sweep.val_manifest": val_manifest,
             "sweep.selection_split": "val",
         }
-        parent_run_id = _parent_run(uri, name, exp, space, settings)
+        parent_run_id = _parent_run(uri, name, exp, space, settings, dataset_name or exp.dataset)
 
     setup = _TrialSetup(
         exp=exp,
@@ -270,6 +275,7 @@ def run_sweep(
         tracking_uri=uri,
         parent_run_id=parent_run_id,
         clip_cache=clip_cache,
+        dataset_name=dataset_name,
     )
     trainable = tune.with_resources(tune.with_parameters(_run_trial, setup=setup), {"cpu": 0.01})
     if resuming:
@@ -310,14 +316,16 @@ def run_sweep(
     return _summarise(grid, exp, name, storage_path, uri, parent_run_id, metric)
 
 
-def _parent_run(uri: str, name: str, exp: ExperimentConfig, space: Mapping[str, Any], settings: dict) -> str:
+def _parent_run(
+    uri: str, name: str, exp: ExperimentConfig, space: Mapping[str, Any], settings: dict, dataset_name: str
+) -> str:
     """The sweep's parent MLflow run (found again by name when resuming); its params are logged once."""
     parent_run_id, resumed = find_or_create_run(
         uri,
-        exp.dataset,
+        dataset_name,
         name,
         {SWEEP_TAG: name, ROLE_TAG: "parent"},
-        title=run_title("sweep", exp.dataset),
+        title=run_title("sweep", dataset_name),
         description=f"Ray Tune sweep `{name}` over {', '.join(f'`{k}`' for k in space)}: trials are nested "
         f"runs, ranked on `{settings['sweep.metric']}`; artifacts `sweep/` hold the comparison table and plot.",
     )

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import schema
+from pipeline import schema, storage
 from pipeline.data.manifest import manifest_class_names
 from pipeline.evaluation.metrics import charades_submission_lines
 from pipeline.tracking.serving import log_pyfunc_model
@@ -261,7 +261,7 @@ def _log_heatmaps(
         labels = [f"frame {i}\n{times[i]:.1f} s" for i in frame_ids]
         truth = row[schema.LABELS] if multi_label else [row[schema.LABEL]]
         title = _heatmap_title(video_id, truth, scores_of.get(video_id), class_names, multi_label)
-        path = os.path.join(out, f"attention_{video_id}.png")
+        path = os.path.join(out, f"attention_{storage.file_name(str(video_id))}.png")  # ids may hold "/"
         save_figure(heatmap_figure(flat, maps[0].float().cpu().numpy(), title, labels), path, dpi=90)
         run.client.log_artifact(run.run_id, path, artifact_path="attention")
 

@@ -107,9 +107,11 @@ def registered_model_name(dataset: str) -> str:
 
 
 def not_found_message(tracking_uri: str, dataset: str) -> str:
+    official = dataset in ("ucf101", "hmdb51", "charades")
+    workflow = f"train_{dataset}.py" if official else f"train_folder.py --name {dataset}"
     return (
         f"no registered model {registered_model_name(dataset)} at {tracking_uri}: a training or sweep workflow "
-        f"registers one (python workflows/train_{dataset}.py ...; pipeline.tracking.registry.register), or pass the "
+        f"registers one (python workflows/{workflow} ...; pipeline.tracking.registry.register), or pass the "
         "tracking URI it used (--tracking-uri or MLFLOW_TRACKING_URI)"
     )
 

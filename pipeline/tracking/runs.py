@@ -33,6 +33,70 @@ def tracking_uri() -> str:
     return f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
+TRACKING_TIMEOUT_S = 5.0  # how long a tracking server may take to answer before a command gives up on it
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` without a user name or password (``http://user:secret@host`` -> ``http://host``), for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def check_tracking_server(uri: str, timeout_s: float | None = None) -> None:
+    """Fail fast when an MLflow tracking server does not answer (MLflow's client retries for minutes, silently).
+
+    Only ``http(s)://`` URIs are checked: ``GET <uri>/health`` (any HTTP answer counts: a proxy's 404 still shows
+    the server is reachable); SQLite and other local stores have nothing to reach.
+
+    Args:
+        uri: the tracking URI.
+        timeout_s: seconds to wait for an answer (default ``TRACKING_TIMEOUT_S``).
+
+    Raises:
+        pipeline.errors.UserError: no answer within ``timeout_s`` seconds (refused, unresolvable, silent).
+    """
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from pipeline.errors import UserError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    timeout_s = TRACKING_TIMEOUT_S if timeout_s is None else timeout_s
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(f"{display_uri(uri).rstrip('/')}/health")
+    if parts.username:  # user:password@host: urllib wants them as a header
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        why = f"no answer within {timeout_s:g} s" if isinstance(reason, TimeoutError) else str(reason)
+        raise UserError(
+            f"the MLflow tracking server {display_uri(uri)} does not answer ({why}): "
+            "start it (mlflow server --host 127.0.0.1 --port PORT ...) or set MLFLOW_TRACKING_URI "
+            "(or --tracking-uri) to one that runs"
+        ) from None
+
+
+def tracking_store_exists(uri: str) -> bool:
+    """False for a ``sqlite:///`` URI whose database file does not exist (reading it would create an empty one),
+    True otherwise. Read-only commands check this before they open a store."""
+    if uri.startswith("sqlite:///"):
+        return os.path.exists(uri[len("sqlite:///") :])
+    return True
+
+
 def default_artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a SQLite-tracked experiment go beside the database (``<db dir>/mlartifacts/<experiment>``),
     not into ``./mlruns`` of whatever directory the process happens to run in; a server decides for itself."""

@@ -22,13 +22,14 @@ from pipeline.clips.dataset import build_clip_dataset
 from pipeline.clips.ledger import DecodeReport
 from pipeline.config import ExperimentConfig, experiment_to_json
 from pipeline.data.manifest import read_manifest
+from pipeline.errors import UserError
 from pipeline.storage import read_bytes
 from pipeline.tracking.artifacts import log_model
 from pipeline.tracking.runs import find_or_create_run, flatten_config
 from pipeline.tracking.runs import tracking_uri as default_tracking_uri
 from pipeline.training.checkpoint import BEST_MODEL_FILE
 from pipeline.training.loop import SELECTION_LAST_EPOCH, SELECTION_VAL, steps_per_epoch, train_loop_per_worker
-from pipeline.training.ray_hooks import MlflowEpochLogger
+from pipeline.training.ray_hooks import MlflowEpochLogger, RaiseUserErrors
 
 CONFIG_ARTIFACT = "config/experiment.json"  # the resolved ExperimentConfig of every run (JSON)
 
@@ -57,6 +58,7 @@ def fit(
     callbacks: list | None = None,
     title: str | None = None,
     description: str | None = None,
+    dataset_name: str | None = None,
 ) -> FitResult:
     """Train, evaluate and track one run; a second call with the same ``run_name`` resumes it.
 
@@ -78,10 +80,14 @@ def fit(
             ``TuneReportCallback`` so every epoch's report reaches the Tune scheduler).
         title: the MLflow run name people read (``pipeline.tracking.runs.run_title``); default ``run_name``.
         description: Markdown added after the run description ``fit`` writes (model, data, training, selection).
+        dataset_name: names the MLflow experiment, ``stpa-<dataset_name>`` (default ``exp.dataset``; a folder
+            dataset's ``--name``).
 
     Raises:
-        ValueError: no test manifest with ``train.final_test``, manifests of different classes, a class count other than ``model.num_classes``, or too few
-            training videos for one step.
+        ValueError: no test manifest with ``train.final_test``, manifests of different classes, or a class count
+            other than ``model.num_classes``.
+        pipeline.errors.UserError: too few training videos for one step; or training waited
+            ``train.batch_timeout_s`` for a batch (``pipeline.training.loop.BatchTimeoutError``, not retried).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -101,9 +107,9 @@ def fit(
         )
     num_steps = steps_per_epoch(train_table.num_rows, cfg.num_workers, cfg.batch_size)
     if num_steps == 0:
-        raise ValueError(
+        raise UserError(
             f"{train_manifest}: {train_table.num_rows} training videos are too few for {cfg.num_workers} workers "
-            f"x batch {cfg.batch_size}: lower train.batch_size or train.num_workers"
+            f"x batch {cfg.batch_size}: lower --batch-size or --num-workers (train.batch_size, train.num_workers)"
         )
 
     if cfg.freeze_bn != "none" and not cfg.pretrained:
@@ -124,7 +130,7 @@ def fit(
         text = run_description(exp, num_videos, len(class_names))
         run_id, resumed = find_or_create_run(
             uri,
-            exp.dataset,
+            dataset_name or exp.dataset,
             run_name,
             tags,
             title=title,
@@ -170,7 +176,11 @@ def fit(
             # Ray Train's INFO lines (worker group placement and start-up) go to its log files, not the console.
             logging_config=LoggingConfig(log_level="WARNING"),
             # MLflow first: a sweep's Tune callback hands the report to a scheduler that may stop the trial.
-            callbacks=[*([MlflowEpochLogger(uri, run_id)] if run_id else []), *(callbacks or [])],
+            callbacks=[
+                *([MlflowEpochLogger(uri, run_id)] if run_id else []),
+                RaiseUserErrors(),
+                *(callbacks or []),
+            ],
             # Ray Train reroutes a worker's print() through its logger, which reaches the console twice when
             # Ray captures the worker's stdout (every epoch line printed two times); plain prints unless the
             # user set RAY_TRAIN_ENABLE_PRINT_PATCH.
@@ -182,7 +192,15 @@ def fit(
         ),
         datasets={"train": train_dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as error:
+        cause = getattr(
+            error, "controller_failure", None
+        )  # RaiseUserErrors' UserError, as Ray Train raises it
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
     if result.error:
         raise result.error
     if train_report.num_failed:

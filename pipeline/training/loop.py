@@ -22,8 +22,11 @@ import dataclasses
 import json
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import torch
@@ -31,9 +34,11 @@ import torch
 from pipeline import metric_names as names
 from pipeline import schema
 from pipeline.config import ExperimentConfig, autocast_dtype
+from pipeline.errors import UserError
 from pipeline.evaluation.evaluate import (
     evaluate_distributed,
 )
+from pipeline.runtime import describe_resource_waits
 from pipeline.tracking.artifacts import log_evaluation_artifacts
 from pipeline.tracking.runs import RankZeroRun
 from pipeline.training.checkpoint import (
@@ -54,6 +59,66 @@ from stpa_model import STPANet, total_loss
 
 SELECTION_VAL = "val"  # MLflow param selection.split: the best epoch on the val split chose the weights
 SELECTION_LAST_EPOCH = "last_epoch"  # no val split: the last epoch's weights
+
+
+class BatchTimeoutError(UserError):
+    """A training worker waited ``train.batch_timeout_s`` for a batch: the message says what the cluster waits for.
+
+    A ``UserError``: Ray Train does not restart the worker group for it (``pipeline.training.ray_hooks.
+    RaiseUserErrors``) and the workflow does not retry the step; the same cluster would wait again.
+    """
+
+
+def batches_within(batches: Iterable, timeout_s: float, describe_wait) -> Iterator:
+    """The items of ``batches``, failing when one takes longer than ``timeout_s`` seconds to arrive.
+
+    The iterator runs in a helper thread that hands over one item at a time, so only the time spent waiting for
+    an item counts, not the time the consumer spends on the previous one. ``timeout_s`` 0 passes ``batches``
+    through unchanged.
+
+    Raises:
+        BatchTimeoutError: no item within ``timeout_s``; its message ends with ``describe_wait()``.
+    """
+    if not timeout_s:
+        yield from batches
+        return
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                put(("batch", batch))
+                if stop.is_set():
+                    return
+            put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", error))
+
+    threading.Thread(target=produce, name="batches-within", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, item = handoff.get(timeout=timeout_s)
+            except queue.Empty:
+                raise BatchTimeoutError(
+                    f"no training batch for {timeout_s:g} s (train.batch_timeout_s): {describe_wait()}"
+                ) from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (or failed): let the helper thread end
 
 
 def steps_per_epoch(num_train_rows: int, world_size: int, batch_size: int) -> int:
@@ -141,7 +206,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
         )
         progress.start_epoch()
-        for step, batch in enumerate(batches):
+        waited = batches_within(
+            batches, cfg.batch_timeout_s, describe_resource_waits
+        )  # a stalled cluster fails
+        for step, batch in enumerate(waited):
             if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
                 break
             progress.batch_arrived()
@@ -182,6 +250,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             progress.step_done(
                 epoch, step, loss * cfg.grad_accum_steps, optimizer.param_groups[0]["lr"], state.global_step
             )
+        waited.close()  # ends its helper thread now, also after a break
         train_seconds = time.perf_counter() - epoch_start
         train_loss = (loss_sum / max(1, num_batches)).item()  # host sync, once per epoch
         clips_per_second = num_batches * cfg.batch_size * world_size / max(train_seconds, 1e-9)

@@ -9,6 +9,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipeline import schema
+from pipeline.errors import UserError
 from pipeline.tracking.runs import RankZeroRun
 
 
@@ -22,6 +23,24 @@ class TrainBatchCollate(NumpyBatchCollateFn):
         else:
             out[schema.LABEL] = torch.from_numpy(np.asarray(batch[schema.LABEL], dtype=np.int64))
         return out
+
+
+class RaiseUserErrors(ray.train.UserCallback):
+    """Ends the run at a worker's ``UserError`` (a batch timeout) instead of restarting the worker group.
+
+    Ray Train retries every worker error up to ``FailureConfig.max_failures`` times, which is right for a lost node
+    and wrong for a cluster that cannot feed the workers: each attempt would wait ``train.batch_timeout_s`` again.
+    An error raised by a controller callback is not retried (Ray Train's ``DefaultFailurePolicy`` raises a
+    ``ControllerError`` whose cause is not a worker-group start-up failure); ``fit`` unwraps it.
+    """
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        for error in worker_exceptions.values():
+            # Ray Train wraps a worker's exception with its traceback text (UserExceptionWithTraceback); the
+            # exception itself is its _base_exc.
+            cause = getattr(error, "_base_exc", error)
+            if isinstance(cause, UserError):
+                raise cause
 
 
 class MlflowEpochLogger(ray.train.UserCallback):

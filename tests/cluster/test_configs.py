@@ -317,6 +317,10 @@ def test_rayjob_runs_the_charades_workflow_against_the_mlflow_service() -> None:
     entrypoint = job["spec"]["entrypoint"].split()
     assert entrypoint[:2] == ["python", "/home/ray/stpa/workflows/train_charades.py"]
     assert (REPO / "workflows" / "train_charades.py").exists()
+    from workflows.training import build_parser
+
+    args = build_parser("charades").parse_args(entrypoint[2:])  # every flag exists (an earlier one did not)
+    assert args.autoscaling and args.use_gpu  # GPU nodes come on demand: the present ones need not fit
     for flag in ("--data-root", "--storage"):
         assert entrypoint[entrypoint.index(flag) + 1].startswith("s3://")
     services = {d["metadata"]["name"]: d for d in load_all("mlflow.yaml") if d["kind"] == "Service"}

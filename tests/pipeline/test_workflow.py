@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import storage
+from pipeline.errors import UserError
 from pipeline.workflow import (
     MARKER,
     OUTPUTS,
@@ -74,6 +75,18 @@ def broken_until_fixed(ctx: StepContext, numbers: dict) -> dict:
     if not os.path.exists(ctx.settings["fixed_flag"]):
         raise ValueError("bad input in step 'check'")
     return {"checked": True}
+
+
+def missing_input(ctx: StepContext, numbers: dict) -> dict:
+    """Reads a file that is not there: a missing input, which no retry brings back."""
+    _record(ctx)
+    return {"text": storage.read_text(ctx.settings["missing"])}
+
+
+def refuses(ctx: StepContext, numbers: dict) -> dict:
+    """Finds a problem the user must fix (too few videos, a cluster that cannot feed training)."""
+    _record(ctx)
+    raise UserError("3 training videos are too few: lower --batch-size")
 
 
 def crash_worker(ctx: StepContext, numbers: dict) -> dict:
@@ -170,6 +183,27 @@ def test_failed_attempt_is_retried(ray_local, tmp_path: Path, fn, expected) -> N
     out = run_workflow([step], str(tmp_path / "runs"), "wf-b", log=lambda _: None)
     assert out["retried"] == expected
     assert runs_of(tmp_path / "ledger", "retried") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (missing_input, "No such file or directory: {missing}"),
+        (refuses, "3 training videos are too few: lower --batch-size"),
+    ],
+    ids=["file-not-found", "user-error"],
+)
+def test_user_errors_are_not_retried_and_read_as_one_line(ray_local, tmp_path: Path, fn, message) -> None:
+    missing = str(tmp_path / "gone.txt")
+    numbers = _dag(tmp_path)[0]
+    settings = {**numbers.settings, "missing": missing}
+    step = Step("checked", fn, inputs={"numbers": numbers}, settings=settings, max_retries=2)
+    with pytest.raises(WorkflowError) as info:
+        run_workflow([step], str(tmp_path / "runs"), "wf-u", log=lambda _: None)
+    assert runs_of(tmp_path / "ledger", "checked") == 1
+    assert isinstance(info.value.user_error, UserError)
+    assert str(info.value) == f"step checked: {message.format(missing=missing)}"  # no remote traceback
 
 
 @pytest.mark.slow

@@ -36,7 +36,15 @@ def test_keeps_decoded_size_and_saves_the_reported_frames(video, tmp_path):
     clip = np.load(out)
     assert clip.dtype == np.uint8 and clip.shape == (4, 2, 48, 64, 3)
     np.testing.assert_array_equal(frame_indices_of(clip), expected)
-    assert Image.open(sheet).size == (2 * 64, 4 * 48)  # T frames across, K segments down
+    assert info["frame_times"] == [[0.3, 0.4], [1.0, 1.1], [1.8, 1.9], [2.5, 2.6]]  # 10 fps from 0
+    # A grid of 4 columns, frames in clip order, each under a 14-pixel caption (segment, index, time).
+    grid = np.asarray(Image.open(sheet).convert("RGB"))
+    assert grid.shape == (2 * (14 + 48), 4 * 64, 3)
+    for n, frame in enumerate(clip.reshape(8, 48, 64, 3)):
+        row, column = divmod(n, 4)
+        cell = grid[row * 62 + 14 : row * 62 + 62, column * 64 : (column + 1) * 64]
+        np.testing.assert_array_equal(cell, frame)
+    assert (grid[:14] < 128).any()  # the caption is drawn
 
 
 def test_size_resizes_and_centre_crops_and_writes_to_fsspec(video):
@@ -47,10 +55,17 @@ def test_size_resizes_and_centre_crops_and_writes_to_fsspec(video):
 
 
 def test_cli_prints_json(video, tmp_path, capsys):
-    assert main(["inspect", video, "--num-segments", "2", "--out", str(tmp_path / "c.npy")]) == 0
+    assert main(["inspect", video, "--num-segments", "2", "--out", str(tmp_path / "c.npy"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["frame_indices"] == [[7], [22]]  # L = 30: floor(7.5), floor(22.5)
     assert np.load(tmp_path / "c.npy").shape == (2, 1, 48, 64, 3)
+
+
+def test_cli_prints_text_by_default(video, capsys):
+    assert main(["inspect", video, "--num-segments", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == video and lines[1].startswith("  30 frames, 10.000 fps, 3.00 s, 64x48, read by ")
+    assert lines[-2:] == ["  segment 0: frames 7 (0.70 s)", "  segment 1: frames 22 (2.20 s)"]
 
 
 def test_undecodable_file_raises_naming_it(tmp_path):

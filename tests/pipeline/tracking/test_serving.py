@@ -261,6 +261,9 @@ def test_stpa_predict_command(registered, data, tmp_path, capsys):
     assert "1 video(s) could not be decoded" in done.stderr and "missing.mp4" in done.stderr
     result = json.loads(done.stdout)
     assert result["model"] == "models:/stpa-ucf101@champion"
+    assert (
+        result["version"] == "1" and result["scores"] == "softmax"
+    )  # what the alias resolved to; score kind
     *decoded, failed = result["predictions"]
     for prediction, scores in zip(decoded, expected[:2], strict=True):
         best = np.argsort(-scores, kind="stable")[:2]
@@ -271,6 +274,7 @@ def test_stpa_predict_command(registered, data, tmp_path, capsys):
     # The same command line in-process (no interpreter start-up): text output, a missing alias, a missing model.
     assert main(["predict", "ucf101", videos[0], "--top-k", "1", "--tracking-uri", server]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == "model models:/stpa-ucf101@champion (version 1); softmax probabilities"
     assert out.splitlines()[1:] == [
         videos[0],
         f"  1. {class_names[int(np.argmax(expected[0]))]}  {expected[0].max():.4f}",
