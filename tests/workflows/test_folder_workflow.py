@@ -43,7 +43,8 @@ def test_own_class_folders_train_evaluate_register(tmp_path: Path) -> None:
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     assert "note: 6 training videos: the preset's batch 4 -> 3 per worker (--batch-size sets it)" in log
-    summary = json.loads([line for line in log.splitlines() if line.startswith('{"workflow_id"')][-1])
+    (summary_file,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(summary_file.read_text())
     assert summary["workflow_id"].startswith("train-my-vids-smoke-")
     assert summary["registered_version"] == "1" and summary["champion"] is True
 
@@ -53,7 +54,7 @@ def test_own_class_folders_train_evaluate_register(tmp_path: Path) -> None:
     assert (
         client.get_experiment(run.info.experiment_id).name == "stpa-my-vids"
     )  # --name defaults to the folder
-    assert run.data.params["train.batch_size"] == "3" and "test_top1" in run.data.metrics
+    assert run.data.params["train.batch_size"] == "3" and "test/top1" in run.data.metrics
     assert client.get_model_version_by_alias("stpa-my-vids", "champion").run_id == run.info.run_id
     heatmaps = [a.path for a in client.list_artifacts(run.info.run_id, "attention")]
     assert len(heatmaps) == 2 and all("/" not in p.removeprefix("attention/") for p in heatmaps), heatmaps
