@@ -17,6 +17,7 @@ from pipeline.data import synth
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import dataset_root_paths, prepare_manifest
 from pipeline.data.transcode import REPORT_FILE, copy_uri_of, transcode_manifests
+from pipeline.errors import UserError
 from pipeline.video.transcode import TranscodeSettings
 from tests.pipeline.video.test_frames import read_code, write_video
 from tests.pipeline.video.test_transcode import decoded, packets
@@ -172,7 +173,7 @@ def test_transcode_flag_feeds_every_later_step(sweep: bool) -> None:
     from pipeline.workflow import topological_order
     from workflows.training import build_workflow
 
-    targets, workflow_id, _, _ = build_workflow(
+    targets, workflow_id, *_ = build_workflow(
         "ucf101", _workflow_args(["--transcode", "--clip-cache"], sweep), sweep
     )
     order = topological_order(targets)
@@ -187,10 +188,10 @@ def test_transcode_flag_feeds_every_later_step(sweep: bool) -> None:
     )
     assert all(step.inputs["prepare"] is transcode for step in later)
 
-    plain, plain_id, _, _ = build_workflow("ucf101", _workflow_args(["--clip-cache"], sweep), sweep)
+    plain, plain_id, *_ = build_workflow("ucf101", _workflow_args(["--clip-cache"], sweep), sweep)
     assert "transcode" not in [step.name for step in topological_order(plain)]
     assert plain_id != workflow_id
-    with pytest.raises(SystemExit, match="keyframe_interval"):
+    with pytest.raises(UserError, match="keyframe_interval"):
         build_workflow("ucf101", _workflow_args(["--transcode", "--transcode-keyframe-interval", "0"]), sweep)
 
 
