@@ -24,6 +24,7 @@ server); a problem the user fixes (``pipeline.errors.UserError``, also one raise
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import posixpath
 import re
@@ -205,8 +206,6 @@ def build_workflow(dataset: str, args: argparse.Namespace, sweep: bool = False, 
     preflight.check_gpus_here(exp.train.use_gpu, exp.train.num_workers, args.preset)
     uri = tracking_uri()
     preflight.check_tracking(uri)
-
-    import dataclasses
 
     experiment = {
         "dataset": dataset,

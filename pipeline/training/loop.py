@@ -206,9 +206,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
         )
         progress.start_epoch()
-        waited = batches_within(
-            batches, cfg.batch_timeout_s, describe_resource_waits
-        )  # a stalled cluster fails
+        # A cluster that cannot feed the workers (no CPU left for decoding) fails the run instead of stalling it.
+        waited = batches_within(batches, cfg.batch_timeout_s, describe_resource_waits)
         for step, batch in enumerate(waited):
             if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
                 break
