@@ -214,6 +214,12 @@ cmd_start() {
     export PATH="$(dirname "$RAY"):$PATH"
     # Marks every process of this cluster (inherited by Ray workers and job drivers), so `stop` finds them all.
     export STPA_LOCAL_CLUSTER="$TEMP_DIR"
+    # The raylet warns (to every job's driver) when more than 4x its worker start-up concurrency, min(cores, CPUs),
+    # of worker processes exist. A workflow holds about a dozen (step tasks, Train controller and workers, Ray Data's
+    # coordinator and decode tasks), so on a 2-core machine the warning comes with nothing wrong; allow 3x the CPUs
+    # (as pipeline/runtime.py does for a local Ray, and SkyPilot for its clusters).
+    local most_cpus=$(( HEAD_CPUS > WORKER_CPUS ? HEAD_CPUS : WORKER_CPUS ))
+    export RAY_worker_maximum_startup_concurrency="${RAY_worker_maximum_startup_concurrency:-$(( 3 * (most_cpus > 2 ? most_cpus : 2) ))}"
     local common=(--disable-usage-stats --node-ip-address=127.0.0.1 --dashboard-agent-listen-port=0)
     local pgids=() pgid_file="$TEMP_DIR/.pgid"
     cleanup_on_error() {

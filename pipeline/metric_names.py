@@ -13,7 +13,8 @@ The MLflow step of every metric is the optimiser step (``global_step``), so per-
 x-axis. Evaluation scalars without a split (``compute_metrics``' keys) are the bare names (``top1``, ``mAP``).
 
 Bookkeeping counters (``BOOKKEEPING``: epoch, global step, restarts, ...) travel in Ray Train reports beside the
-metrics (Tune's ASHA reads ``epoch``) but go to MLflow as run tags ``stpa.<name>`` (``tag``), not as metrics.
+metrics (Tune's ASHA reads ``epoch``) but go to MLflow as run tags ``stpa.<name>`` (``tag``), not as metrics; so do
+the evaluations' video counts (``val/num_videos_scored`` -> tag ``stpa.val_num_videos_scored``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ MEAN_CLASS_ACCURACY = "mean_class_accuracy"
 # ... multi-label (Charades' mean AP over classes, and the AP weighted by positives per class) ...
 MAP = "mAP"
 WAP = "wAP"
-# ... and how many videos the metric covers (decode failures leave videos unscored).
+# ... and how many videos the metric covers (decode failures leave videos unscored): counts, so MLflow tags
+# ``stpa.<split>_<name>`` rather than metrics (``split_report``).
 NUM_VIDEOS_SCORED = "num_videos_scored"
 NUM_VIDEOS_MISSING = "num_videos_missing"
+COUNTS = (NUM_VIDEOS_SCORED, NUM_VIDEOS_MISSING)
 
 # The metric that chooses epochs and trials (on val) and champions (on test), per dataset family.
 PRIMARY = {"ucf101": TOP1, "hmdb51": TOP1, "folder": TOP1, "charades": MAP}
@@ -92,20 +95,27 @@ def is_metric(key: str) -> bool:
     return key.split("/", 1)[0] in (TRAIN, VAL, TEST) and "/" in key
 
 
+def _tag_value(value: float) -> str:
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def split_report(report: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
-    """A Ray Train report as MLflow ``(metrics, tags)``: ``<split>/<name>`` keys are metrics, bookkeeping
-    counters are tags ``stpa.<name>`` (integers as ``"3"``); anything else is dropped.
+    """A Ray Train report (or an evaluation's ``test/*`` dict) as MLflow ``(metrics, tags)``: ``<split>/<name>``
+    keys are metrics, except the video counts (``COUNTS``), which are tags ``stpa.<split>_<name>`` like the
+    bookkeeping counters' ``stpa.<name>`` (integers as ``"3"``).
 
     Raises:
         ValueError: a key is neither a metric nor a bookkeeping counter (a name that bypassed this module).
     """
     metrics, tags = {}, {}
     for key, value in report.items():
-        if is_metric(key):
+        if is_metric(key) and key.split("/", 1)[1] in COUNTS:
+            tags[tag(key.replace("/", "_"))] = _tag_value(value)
+        elif is_metric(key):
             metrics[key] = float(value)
         elif key in BOOKKEEPING:
-            number = float(value)
-            tags[tag(key)] = str(int(number)) if number.is_integer() else repr(number)
+            tags[tag(key)] = _tag_value(value)
         else:
             raise ValueError(
                 f"report key {key!r} is neither <train|val|test>/<name> nor one of {BOOKKEEPING}"

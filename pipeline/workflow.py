@@ -233,12 +233,15 @@ class ForwardedLines:
         self.stream = stream
         self.seen: set[str] = set()
         self.condition = threading.Condition()
+        self._partial = ""  # the current line's text so far: print() writes a line and its newline separately
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)
-        if " done in " in text:
-            with self.condition:
-                self.seen.update(line for line in text.splitlines() if " done in " in line)
+        with self.condition:
+            *complete, self._partial = (self._partial + text).split("\n")
+            done = [line for line in complete if " done in " in line]
+            if done:  # seen once the newline is out, so the driver's next line starts on a line of its own
+                self.seen.update(done)
                 self.condition.notify_all()
         return written
 

@@ -302,8 +302,8 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
         from stpa_model import STPANet
 
         run = RankZeroRun(uri, run_id)
-        tags = {names.tag(names.TEST_DECODE_FAILURES): str(report.num_failed)}
-        run.log(metrics, tags, step=int(train["metrics"].get(names.GLOBAL_STEP, 0)))
+        logged, tags = names.split_report({**metrics, names.TEST_DECODE_FAILURES: report.num_failed})
+        run.log(logged, tags, step=int(train["metrics"].get(names.GLOBAL_STEP, 0)))
         model = STPANet(exp.model)
         state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)

@@ -113,7 +113,7 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]):
     n = len(class_names)
     row_sums = matrix.sum(axis=1, keepdims=True)
     normalised = matrix / np.maximum(row_sums, 1)
-    side = min(11.0, 2.5 + 0.32 * n)
+    side = min(11.0, max(5.5, 2.5 + 0.32 * n))  # a few classes with long names still get a readable matrix
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 2, side + 0.8))
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     for ax, values, title, fmt, vmax in (
@@ -192,13 +192,13 @@ def _class_list(class_names: list[str], classes) -> str:
 def _heatmap_title(
     video_id: str, truth: list[int], scores: np.ndarray | None, class_names, multi_label
 ) -> str:
-    """``<video>: true <classes> | predicted <class> (p)``: the top class, or the top 3 scores multi-label."""
+    """``<video>: true <classes>`` and, on a second line, ``predicted <class> <score>`` (the top 3 multi-label)."""
     title = f"{video_id}: true {_class_list(class_names, truth)}"
     if scores is None:
-        return title + " (not scored: decode failure)"
+        return title + "\nnot scored (decode failure)"
     top = np.argsort(-scores)[: 3 if multi_label else 1]
     predicted = ", ".join(f"{class_names[c]} {scores[c]:.2f}" for c in top)
-    return f"{title}  |  predicted {predicted}"
+    return f"{title}\npredicted {predicted}"
 
 
 def log_evaluation_artifacts(

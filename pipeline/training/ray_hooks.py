@@ -18,10 +18,11 @@ class TrainBatchCollate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out = {schema.FRAMES: torch.from_numpy(np.ascontiguousarray(batch[schema.FRAMES]))}
+        # Labels copied (np.array): Ray's batches can be read-only, which torch.from_numpy warns about.
         if schema.LABELS in batch:
-            out[schema.LABELS] = torch.from_numpy(np.asarray(batch[schema.LABELS], dtype=np.float32))
+            out[schema.LABELS] = torch.from_numpy(np.array(batch[schema.LABELS], dtype=np.float32))
         else:
-            out[schema.LABEL] = torch.from_numpy(np.asarray(batch[schema.LABEL], dtype=np.int64))
+            out[schema.LABEL] = torch.from_numpy(np.array(batch[schema.LABEL], dtype=np.int64))
         return out
 
 

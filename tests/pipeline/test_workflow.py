@@ -234,8 +234,12 @@ def test_forwarded_lines_pass_through_and_wake_the_waiting_driver() -> None:
 
     out = io.StringIO()
     watcher = ForwardedLines(out)
-    late = threading.Timer(0.2, lambda: watcher.write("(train pid=7) train: done in 3m05s\n"))
+    late = threading.Timer(0.2, lambda: watcher.write("(train pid=7) train: done in 3m05s"))
     late.start()
+    late.join()
+    # print() writes the text, then the newline: the line counts once it is complete.
+    assert not watcher.wait_for("train: done in ", timeout_s=0.05)
+    watcher.write("\n")
     assert watcher.wait_for("train: done in ", timeout_s=10)
     assert not watcher.wait_for("evaluate: done in ", timeout_s=0.05)
     assert out.getvalue() == "(train pid=7) train: done in 3m05s\n"

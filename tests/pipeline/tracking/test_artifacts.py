@@ -82,7 +82,7 @@ def test_heatmap_figure_labels_frames_classes_and_has_a_colour_bar(num_frames):
     frames = np.zeros((num_frames, 32, 32, 3), dtype=np.uint8)
     heat = np.linspace(0, 1, num_frames * 32 * 32, dtype=np.float32).reshape(num_frames, 32, 32)
     labels = [f"frame {10 * i}\n{i / 2:.1f} s" for i in range(num_frames)]
-    title = "v1: true run  |  predicted jump 0.61"
+    title = "v1: true run\npredicted jump 0.61"
     fig = heatmap_figure(frames, heat, title, labels)
     images, colour_bar = fig.axes[: 2 * num_frames], fig.axes[2 * num_frames :]
     assert [ax.get_title() for ax in images[:num_frames]] == labels

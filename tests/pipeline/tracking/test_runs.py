@@ -72,6 +72,13 @@ def test_a_report_without_epoch_or_final_is_not_logged(tmp_path):
 def test_report_keys_outside_the_names_module_are_refused():
     with pytest.raises(ValueError, match="train_loss"):
         names.split_report({"train_loss": 0.3})
-    metrics, tags = names.split_report({"val/mAP": 0.25, "test/top1": 0.5, "global_step": 7.0, "final": 1.0})
+    report = {
+        "val/mAP": 0.25,
+        "test/top1": 0.5,
+        "test/num_videos_scored": 15.0,
+        "global_step": 7.0,
+        "final": 1.0,
+    }
+    metrics, tags = names.split_report(report)
     assert metrics == {"val/mAP": 0.25, "test/top1": 0.5}
-    assert tags == {"stpa.global_step": "7", "stpa.final": "1"}
+    assert tags == {"stpa.global_step": "7", "stpa.final": "1", "stpa.test_num_videos_scored": "15"}
