@@ -23,6 +23,11 @@ from stpa_model import ModelConfig
 PRIMARY_METRIC = {"ucf101": "top1", "hmdb51": "top1", "folder": "top1", "charades": "map"}
 
 
+def metric_on_test_split(metric: str) -> str:
+    """The name under which the test split's value of ``metric`` (``top1``, ``map``) is logged and tagged."""
+    return f"test_{metric}"
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = "sgd"  # "sgd" (momentum, TSN-style) or "adamw"

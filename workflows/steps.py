@@ -17,7 +17,13 @@ import json
 import os
 
 from pipeline import storage
-from pipeline.config import ExperimentConfig, apply_overrides, experiment_from_dict, with_num_classes
+from pipeline.config import (
+    ExperimentConfig,
+    apply_overrides,
+    experiment_from_dict,
+    metric_on_test_split,
+    with_num_classes,
+)
 from pipeline.workflow import StepContext
 
 SYNTH_LAYOUT = {"ucf101": "ucf101", "hmdb51": "hmdb51", "charades": "charades"}
@@ -194,8 +200,8 @@ def evaluate(ctx: StepContext, prepare: dict, train: dict) -> dict:
         use_gpu=exp.train.use_gpu,
         report=report,
     )
-    metrics = {f"test_{k}": float(v) for k, v in scalars.items()}
-    metrics["test_decode_failures"] = float(report.num_failed)
+    metrics = {metric_on_test_split(k): float(v) for k, v in scalars.items()}
+    metrics[metric_on_test_split("decode_failures")] = float(report.num_failed)
     print("test " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     storage.write_text(
         storage.join(ctx.out_dir, "decode_failures.json"),
@@ -226,20 +232,20 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
     if not uri or not train["mlflow_run_id"]:
         raise ValueError("register: MLflow tracking is off (no tracking URI): nothing to register")
     metrics = evaluate["metrics"]
-    primary = "test_" + evaluate["primary_metric"]
+    primary = metric_on_test_split(evaluate["primary_metric"])
+    overrides = json.dumps(train["overrides"], sort_keys=True)[:5000] if train["overrides"] else ""
     registration = register_model(
         uri,
         ctx.config["dataset"],
         f"runs:/{train['mlflow_run_id']}/model",
         metrics,
         primary_metric=primary,
+        # The manifests' URIs and hashes come from the run's params (registry.MANIFEST_PARAMS), the whole config
+        # from the model: here only what the registry cannot know. No empty tags (registry.version_tags).
         tags={
-            "workflow_id": ctx.workflow_id,
-            "train_manifest_sha256": prepare["train_sha256"],
-            "val_manifest_sha256": prepare.get("val_sha256") or "none",
-            "test_manifest_sha256": prepare["test_sha256"],
-            "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
-            "preset": ctx.config["preset"],
+            "stpa.workflow_id": ctx.workflow_id,
+            "stpa.preset": ctx.config["preset"],
+            "stpa.overrides": overrides,
         },
     )
     verdict = "is the new champion" if registration.is_champion else "stays a plain version (champion kept)"
