@@ -26,6 +26,12 @@ from stpa_model import ModelConfig
 PRIMARY_METRIC = metric_names.PRIMARY
 
 
+def metric_on_test_split(metric: str) -> str:
+    """The name under which the test split's value of ``metric`` (``top1``, ``mAP``) is logged and tagged:
+    ``metric_names.test``."""
+    return metric_names.test(metric)
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = "sgd"  # "sgd" (momentum, TSN-style) or "adamw"

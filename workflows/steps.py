@@ -22,7 +22,12 @@ import os
 
 from pipeline import metric_names as names
 from pipeline import storage
-from pipeline.config import ExperimentConfig, apply_overrides, experiment_from_dict, with_num_classes
+from pipeline.config import (
+    ExperimentConfig,
+    apply_overrides,
+    experiment_from_dict,
+    with_num_classes,
+)
 from pipeline.errors import UserError
 from pipeline.workflow import StepContext
 
@@ -341,6 +346,7 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
         raise ValueError("register: MLflow tracking is off (no tracking URI): nothing to register")
     metrics = evaluate["metrics"]
     primary = names.test(evaluate["primary_metric"])
+    overrides = json.dumps(train["overrides"], sort_keys=True)[:5000] if train["overrides"] else ""
     with _mlflow_event_lines_off():
         registration = register_model(
             uri,
@@ -348,13 +354,12 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
             f"runs:/{train['mlflow_run_id']}/model",
             metrics,
             primary_metric=primary,
+            # The manifests' URIs and hashes come from the run's params (registry.MANIFEST_PARAMS), the whole
+            # config from the model: here only what the registry cannot know. No empty tags (registry.version_tags).
             tags={
-                "workflow_id": ctx.workflow_id,
-                "train_manifest_sha256": prepare["train_sha256"],
-                "val_manifest_sha256": prepare.get("val_sha256") or "none",
-                "test_manifest_sha256": prepare["test_sha256"],
-                "config": json.dumps(train["overrides"], sort_keys=True)[:5000],
-                "preset": ctx.config["preset"],
+                "stpa.workflow_id": ctx.workflow_id,
+                "stpa.preset": ctx.config["preset"],
+                "stpa.overrides": overrides,
             },
         )
     if registration.is_champion:

@@ -1,9 +1,11 @@
 """The MLflow Model Registry: one registered model per dataset (``stpa-<dataset>``) and its ``champion`` alias.
 
 ``register`` adds a model version with its evaluation metrics, config, manifest hashes, git commit and run id as
-version tags, and moves the alias ``champion`` to it only when its primary metric (``top1``; ``mAP`` for Charades)
-is strictly greater than the current champion's, as read from the champion's own version tags. The first version
-of a dataset becomes champion; a tie or a worse model stays a plain version.
+version tags (each fact once, none empty), writes its model card as the version's description
+(``pipeline.tracking.model_card``), and moves the alias ``champion`` to it only when its primary metric (``top1``;
+``mAP`` for Charades) is strictly greater than the current champion's, as read from the champion's own version
+tags. The first version of a dataset becomes champion; a tie or a worse model stays a plain version.
+``resolve_model`` pins a ``models:/<name>@<alias>`` URI to the version the alias points at now.
 
 Concurrency. Read-compare-set of the alias is a critical section: two workflows registering at once (on any
 machines) must not both see the old champion and both move the alias. MLflow has no compare-and-set on aliases,
@@ -63,6 +65,10 @@ LOCK_ACQUIRED_TAG = "stpa.lock.acquired_unix"
 
 CONFIG_ARTIFACT_PATH = (
     "artifacts/experiment_config.json"  # inside a pyfunc logged by pipeline.tracking.serving
+)
+CLASS_NAMES_ARTIFACT_PATH = "artifacts/class_names.json"
+SELECTION_PARAM = (
+    "selection.split"  # the run param naming the split that chose the weights (pipeline.training.fit)
 )
 
 
@@ -156,46 +162,98 @@ def _run_id_of(model_uri: str) -> str | None:
     return None
 
 
-def _model_config(tracking_uri: str, model_uri: str) -> dict[str, Any]:
-    """The ExperimentConfig dict stored in an stpa pyfunc (``pipeline.tracking.serving``)."""
+def _model_json(tracking_uri: str, model_uri: str, artifact_path: str) -> Any:
+    """A JSON artifact of an stpa pyfunc (``pipeline.tracking.serving``): its config or its class names."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_uri.rstrip('/')}/{CONFIG_ARTIFACT_PATH}", tracking_uri=tracking_uri
+            artifact_uri=f"{model_uri.rstrip('/')}/{artifact_path}", tracking_uri=tracking_uri
         )
     except (MlflowException, OSError) as error:
         raise ValueError(
             f"{model_uri} is not an stpa pyfunc model (pipeline.tracking.serving.log_pyfunc_model): cannot read its "
-            f"{CONFIG_ARTIFACT_PATH} ({error})"
+            f"{artifact_path} ({error})"
         ) from error
     with open(path) as f:
         return json.load(f)
 
 
-def _version_tags(
-    tracking_uri: str,
-    model_uri: str,
+def version_tags(
     metrics: dict[str, float],
     primary_name: str,
     value: float,
+    config: dict[str, Any],
+    commit: str,
+    run_id: str | None,
+    run_params: dict[str, str],
     extra: dict[str, str],
 ) -> dict[str, str]:
+    """A version's tags: each fact once, under one key, never empty.
+
+    ``metric.<name>`` per metric, the primary metric's name and value, the config JSON, the git commit, the run id,
+    the run's manifest URIs and hashes (``MANIFEST_PARAMS``: a split without a manifest has no tag), then
+    ``extra`` (workflow facts; an extra key equal to a computed one replaces it). Empty values are left out.
+    """
     tags = {f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
     tags[PRIMARY_METRIC_TAG] = primary_name
     tags[PRIMARY_VALUE_TAG] = repr(value)
-    tags[CONFIG_TAG] = json.dumps(
-        _model_config(tracking_uri, model_uri), sort_keys=True, separators=(",", ":")
-    )
-    tags[GIT_COMMIT_TAG] = git_commit()
-    run_id = _run_id_of(model_uri)
-    if run_id:
-        tags[RUN_ID_TAG] = run_id
-        params = _client(tracking_uri).get_run(run_id).data.params
-        tags.update({key: params[key] for key in MANIFEST_PARAMS if key in params})
+    tags[CONFIG_TAG] = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    tags[GIT_COMMIT_TAG] = commit
+    tags[RUN_ID_TAG] = run_id or ""
+    tags.update({key: run_params[key] for key in MANIFEST_PARAMS if key in run_params})
     tags.update({str(k): str(v) for k, v in extra.items()})
-    return tags
+    return {key: text for key, text in tags.items() if text.strip()}
+
+
+def _manifest_metadata(uri: str | None) -> dict[bytes, bytes]:
+    """A manifest's Parquet schema metadata (nothing else is read); empty when it cannot be read."""
+    import pyarrow.parquet as pq
+
+    from pipeline import storage
+
+    if not uri:
+        return {}
+    try:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            return pq.read_schema(f).metadata or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def card_facts(
+    name: str,
+    version: int,
+    dataset: str,
+    primary_name: str,
+    value: float,
+    config: dict[str, Any],
+    class_names: list[str],
+    run_params: dict[str, str],
+):
+    """The model card's facts (``pipeline.tracking.model_card.CardFacts``) from what ``register`` reads: the model's
+    config and class names, the run's params, and the training manifest's metadata (official split, val carving)."""
+    from pipeline import schema
+    from pipeline.config import experiment_from_dict
+    from pipeline.tracking.model_card import CardFacts
+
+    metadata = _manifest_metadata(run_params.get("manifest.train.uri"))
+    val_split = metadata.get(schema.META_VAL_SPLIT, b"").decode()
+    return CardFacts(
+        name=name,
+        version=version,
+        dataset=dataset,
+        official_split=metadata.get(schema.META_SPLIT, b"").decode(),
+        val_split=json.loads(val_split) if val_split else None,
+        primary_metric=primary_name,
+        test_value=value,
+        selection_split=run_params.get(SELECTION_PARAM, ""),
+        exp=experiment_from_dict(config),
+        class_names=list(class_names),
+        train_manifest_sha256=run_params.get("manifest.train.sha256", ""),
+    )
 
 
 # --- the lock ----------------------------------------------------------------------------------------------------
@@ -361,14 +419,24 @@ def register(
     """
     import mlflow
 
+    from pipeline.tracking.model_card import model_card
+
     name = registered_model_name(dataset)
     primary_name, value = _primary_value(metrics, primary_metric)
     client = _client(tracking_uri)
+    run_id = _run_id_of(model_uri)
+    run_params = client.get_run(run_id).data.params if run_id else {}
     with process_uris(tracking_uri):  # artifact resolution of runs:/ URIs and register_model read the globals
-        version_tags = _version_tags(tracking_uri, model_uri, metrics, primary_name, value, tags or {})
+        config = _model_json(tracking_uri, model_uri, CONFIG_ARTIFACT_PATH)
+        class_names = _model_json(tracking_uri, model_uri, CLASS_NAMES_ARTIFACT_PATH)
+        tags_of_version = version_tags(
+            metrics, primary_name, value, config, git_commit(), run_id, run_params, tags or {}
+        )
         # Creates the registered model if needed (a concurrent creation is handled by MLflow: "already exists").
-        model_version = mlflow.register_model(model_uri, name, tags=version_tags)
+        model_version = mlflow.register_model(model_uri, name, tags=tags_of_version)
     version = int(model_version.version)
+    facts = card_facts(name, version, dataset, primary_name, value, config, class_names, run_params)
+    client.update_model_version(name, str(version), description=model_card(facts))
 
     with registry_lock(client, name, timeout_s=lock_timeout_s, stale_after_s=stale_lock_after_s) as lock:
         champion = _champion(client, name)
@@ -400,6 +468,63 @@ def register(
         primary_metric=primary_name,
         value=value,
     )
+
+
+# --- resolving a model URI ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model URI pinned to what it points at now.
+
+    Attributes:
+        uri: ``models:/<name>/<version>`` for a registered model (an alias resolved), else the ``runs:/`` URI.
+        name: The registered model's name, or "" for a run's model.
+        version: Its version, or "" for a run's model.
+        run_id: The run that logged it ("" when the registry does not say).
+    """
+
+    uri: str
+    name: str
+    version: str
+    run_id: str
+
+
+def resolve_model(tracking_uri: str, model_uri: str) -> ResolvedModel:
+    """Pin ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``runs:/<run id>/<path>`` (checks it exists).
+
+    An alias may move while a long job runs: callers pin it once and use ``uri`` from then on.
+
+    Raises:
+        ValueError: another URI form, or no such registered model, alias, version or run (the message says which).
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    if model_uri.startswith("runs:/"):
+        run_id = _run_id_of(model_uri)
+        try:
+            client.get_run(run_id or "")
+        except MlflowException:
+            raise ValueError(f"{model_uri}: no run {run_id!r} at {tracking_uri}") from None
+        return ResolvedModel(model_uri.rstrip("/"), "", "", run_id or "")
+    if not model_uri.startswith("models:/") or (model_uri.count("/") != 2 and "@" not in model_uri):
+        raise ValueError(
+            f"{model_uri}: give models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/<path>"
+        )
+    rest = model_uri[len("models:/") :].rstrip("/")
+    name, alias = rest.split("@", 1) if "@" in rest else (rest.rsplit("/", 1)[0], None)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise ValueError(f"{model_uri}: no registered model {name!r} at {tracking_uri}") from None
+    try:
+        if alias is not None:
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            found = client.get_model_version(name, rest.rsplit("/", 1)[1])
+    except MlflowException:
+        what = f"alias {alias!r}" if alias is not None else f"version {rest.rsplit('/', 1)[1]!r}"
+        raise ValueError(f"{model_uri}: {name} has no {what} (see stpa models show)") from None
+    return ResolvedModel(f"models:/{name}/{found.version}", name, str(found.version), found.run_id or "")
 
 
 # --- read side ---------------------------------------------------------------------------------------------------

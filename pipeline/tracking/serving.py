@@ -21,10 +21,12 @@ checks this to 1e-5). The artifacts: the best weights (a state dict, loaded with
     model.predict(["s3://bucket/videos/ABCDE.mp4"])  # DataFrame: "video", then one column per class name
 
 Input: a DataFrame with a ``video`` column of paths or fsspec URIs, a list of them, or one string. Output: one
-row per video, the ``video`` column, then one float64 probability column per class, in class-index order.
-A video that cannot be read or decoded raises ``VideoPredictionError`` naming the file; with
-``params={"on_error": "nan"}`` its row holds NaN probabilities instead, and an ``error`` column (empty for the
-videos that decoded) says why. Decoded clips skip the decoding: ``loaded.unwrap_python_model().predict_clips``.
+row per video, the ``video`` column, one float64 probability column per class in class-index order, and an
+``error`` column: empty for a video that was scored; for a video that cannot be read or decoded, the reason, and
+NaN probabilities, while the other videos are scored (``params={"on_error": "nan"}``, the default). With
+``params={"on_error": "raise"}`` such a video raises ``VideoPredictionError`` naming the file instead: an
+``MlflowException`` that ``mlflow models serve`` answers with HTTP 400 and its message, and keeps serving.
+Decoded clips skip the decoding: ``loaded.unwrap_python_model().predict_clips``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline import schema, storage
 from pipeline.clips.dataset import decode_views
@@ -55,12 +59,16 @@ from pipeline.video.decode import VideoDecodeError, index_video, read_video_byte
 from stpa_model import STPANet
 
 VIDEO_COLUMN = "video"  # the input column and the first output column
-ERROR_COLUMN = "error"  # output column with on_error="nan"
-ON_ERROR_CHOICES = ("raise", "nan")
-# Artifact keys of the pyfunc (context.artifacts[...]).
+ERROR_COLUMN = "error"  # the last output column: "" for a scored video, else why it could not be scored
+ON_ERROR_CHOICES = ("nan", "raise")  # the first is the default
+# Artifact keys of the pyfunc (context.artifacts[...]) and their files in the model's ``artifacts/`` folder.
 WEIGHTS_ARTIFACT = "weights"
 CONFIG_ARTIFACT = "experiment_config"
 CLASS_NAMES_ARTIFACT = "class_names"
+ARTIFACTS_FOLDER = "artifacts"
+WEIGHTS_FILE = "best_model.pt"
+CONFIG_FILE = "experiment_config.json"
+CLASS_NAMES_FILE = "class_names.json"
 # The model's code file (MLflow "models from code"): the class comes from the model's own copy of ``pipeline``.
 MODEL_CODE = (
     "# STPA video classifier: the MLflow models-from-code entry point written by pipeline/tracking/serving.py.\n"
@@ -72,13 +80,20 @@ MODEL_CODE = (
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "fsspec", "av", "decord", "pillow")
 
 
-class VideoPredictionError(RuntimeError):
-    """A video given to the model that could not be read or decoded; names the file and the reason."""
+class VideoPredictionError(MlflowException):
+    """A video given to the model that could not be read or decoded; names the file and the reason.
+
+    An ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: MLflow's scoring server answers it with HTTP 400 and
+    this message (any other exception would be a 400 with a generic message).
+    """
 
     def __init__(self, video: str, reason: str) -> None:
-        super().__init__(f"cannot score video {video}: {reason}")
+        super().__init__(f"cannot score video {video}: {reason}", error_code=INVALID_PARAMETER_VALUE)
         self.video = video
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.video, self.reason))
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
@@ -210,10 +225,20 @@ class STPAVideoClassifier(mlflow.pyfunc.PythonModel):
             raise VideoPredictionError(video, f"{type(error).__name__}: {error}") from error
         return views
 
-    def predict_videos(self, videos: list[str], on_error: str = "raise") -> pd.DataFrame:
-        """Class probabilities of video files: the pyfunc's ``predict`` without MLflow's input handling."""
-        if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    def predict_videos(self, videos: list[str], on_error: str = ON_ERROR_CHOICES[0]) -> pd.DataFrame:
+        """Class probabilities of video files: the pyfunc's ``predict`` without MLflow's input handling.
+
+        Returns:
+            One row per video: ``video``, one float64 column per class, ``error`` ("" when scored; else the
+            reason, with NaN probabilities).
+
+        Raises:
+            VideoPredictionError: with ``on_error="raise"``, the first video that cannot be read or decoded.
+        """
+        if on_error not in ON_ERROR_CHOICES:  # an MlflowException: the REST answer (400) names the problem
+            raise MlflowException.invalid_parameter_value(
+                f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}"
+            )
         num_classes = len(self.class_names)
         scores = np.full((len(videos), num_classes), np.nan)
         errors = [""] * len(videos)
@@ -228,21 +253,20 @@ class STPAVideoClassifier(mlflow.pyfunc.PythonModel):
             scores[i] = self.predict_clips(views[None])[0]
         table = pd.DataFrame(scores, columns=self.class_names)
         table.insert(0, VIDEO_COLUMN, videos)
-        if on_error == "nan":
-            table[ERROR_COLUMN] = errors
+        table[ERROR_COLUMN] = errors
         return table
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         """Class probabilities of videos (see the module docstring for input, output and ``on_error``)."""
-        on_error = (params or {}).get("on_error", "raise")
+        on_error = (params or {}).get("on_error", ON_ERROR_CHOICES[0])
         return self.predict_videos(_videos_of(model_input), on_error=on_error)
 
 
 def signature(class_names: list[str]) -> mlflow.models.ModelSignature:
-    """Input: one string column (the videos). Output: ``video`` then one double column per class. Param
-    ``on_error``.
+    """Input: one string column (the videos). Output: ``video``, one double column per class, ``error``. Param
+    ``on_error`` (``"nan"`` or ``"raise"``).
 
     The input column is unnamed on purpose: MLflow then accepts a list of strings, one string, and a DataFrame
     with a ``video`` column alike (a schema column named ``video`` refuses the first two before ``predict`` runs).
@@ -251,10 +275,11 @@ def signature(class_names: list[str]) -> mlflow.models.ModelSignature:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("string", VIDEO_COLUMN)] + [ColSpec("double", name) for name in class_names]
+    outputs.append(ColSpec("string", ERROR_COLUMN))
     return ModelSignature(
         inputs=Schema([ColSpec("string")]),
         outputs=Schema(outputs),
-        params=ParamSchema([ParamSpec("on_error", "string", "raise")]),
+        params=ParamSchema([ParamSpec("on_error", "string", ON_ERROR_CHOICES[0])]),
     )
 
 
@@ -295,17 +320,17 @@ def log_pyfunc_model(
     if len(set(class_names)) != len(class_names):
         raise ValueError("class names must be distinct: they name the output columns")
     with tempfile.TemporaryDirectory() as directory:
-        weights = os.path.join(directory, "best_model.pt")
+        weights = os.path.join(directory, WEIGHTS_FILE)
         with open(weights, "wb") as f:
             f.write(storage.read_bytes(weights_path))
         # Fail here, not at serving time, if the weights do not fit the config.
         STPANet(exp.model).load_state_dict(
             torch.load(weights, map_location="cpu", weights_only=True), strict=True
         )
-        config = os.path.join(directory, "experiment_config.json")
+        config = os.path.join(directory, CONFIG_FILE)
         with open(config, "w") as f:
             f.write(experiment_to_json(exp))
-        names = os.path.join(directory, "class_names.json")
+        names = os.path.join(directory, CLASS_NAMES_FILE)
         with open(names, "w") as f:
             json.dump(list(class_names), f)
         # Models from code: MLflow stores this file and runs it at load time, instead of unpickling an object.
@@ -328,3 +353,28 @@ def log_pyfunc_model(
         if status != client.get_run(run_id).info.status:  # leaving ``start_run`` marked the run FINISHED
             client.update_run(run_id, status=status)
     return f"runs:/{run_id}/{name}"
+
+
+def download_model_files(
+    tracking_uri: str, model_uri: str, directory: str
+) -> tuple[str, ExperimentConfig, list[str]]:
+    """The weights, config and class names of a logged or registered stpa pyfunc, without loading it.
+
+    For processes that score with the evaluation's own actors (batch prediction) rather than the pyfunc: nothing of
+    the model's ``code_paths`` is put on ``sys.path``.
+
+    Args:
+        tracking_uri: MLflow tracking (and registry) URI.
+        model_uri: ``models:/<name>/<version>``, ``models:/<name>@<alias>`` or ``runs:/<run id>/<name>``.
+        directory: Local folder the files are downloaded into.
+
+    Returns:
+        ``(weights path, ExperimentConfig, class names)``; the weights are a state dict (``best_model.pt``).
+    """
+    with process_uris(tracking_uri):
+        folder = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{model_uri.rstrip('/')}/{ARTIFACTS_FOLDER}", dst_path=directory
+        )
+    exp = experiment_from_dict(json.loads(storage.read_text(os.path.join(folder, CONFIG_FILE))))
+    class_names = json.loads(storage.read_text(os.path.join(folder, CLASS_NAMES_FILE)))
+    return os.path.join(folder, WEIGHTS_FILE), exp, class_names

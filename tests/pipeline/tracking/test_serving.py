@@ -157,7 +157,8 @@ def test_pyfunc_scores_equal_the_evaluation_path(registered, data):
     videos, expected = _evaluation_scores(table, exp, weights)
 
     out = loaded.predict(videos)  # a list; a DataFrame and a single string are also accepted
-    assert list(out.columns) == [VIDEO_COLUMN, *class_names]
+    assert list(out.columns) == [VIDEO_COLUMN, *class_names, ERROR_COLUMN]
+    assert out[ERROR_COLUMN].tolist() == [""] * len(videos)
     assert out[VIDEO_COLUMN].tolist() == videos
     np.testing.assert_allclose(out[class_names].to_numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(out[class_names].to_numpy().sum(axis=1), 1.0, atol=1e-6)
@@ -186,10 +187,13 @@ def test_pyfunc_names_an_undecodable_video(registered, data, tmp_path):
     broken.write_bytes(b"not a video at all")
     with process_uris(server):
         loaded = mlflow.pyfunc.load_model(model_uri)
-    with pytest.raises(VideoPredictionError, match="broken.mp4"):
-        loaded.predict([str(broken)])
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(VideoPredictionError, match="broken.mp4") as raised:
+        loaded.predict([str(broken)], params={"on_error": "raise"})
+    assert isinstance(raised.value, MlflowException) and raised.value.get_http_status_code() == 400
     good = table.column(schema.VIDEO_URI).to_pylist()[0]
-    out = loaded.predict([good, str(broken)], params={"on_error": "nan"})
+    out = loaded.predict([good, str(broken)])  # the default: the bad video's row says why
     assert out[ERROR_COLUMN].tolist()[0] == "" and "PyAV cannot open it" in out[ERROR_COLUMN].tolist()[1]
     assert (
         np.isfinite(out[class_names].to_numpy()[0]).all() and np.isnan(out[class_names].to_numpy()[1]).all()
@@ -226,10 +230,10 @@ def test_champion_loads_and_predicts_in_a_fresh_process(registered, data, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["pipeline"].startswith(str(REPO) + os.sep), result["pipeline"]
-    assert result["columns"] == [VIDEO_COLUMN, *class_names]
+    assert result["columns"] == [VIDEO_COLUMN, *class_names, ERROR_COLUMN]
     rows = result["rows"]
-    assert [row[0] for row in rows] == videos
-    scores = np.array([row[1:] for row in rows], dtype=np.float64)
+    assert [row[0] for row in rows] == videos and [row[-1] for row in rows] == [""] * len(videos)
+    scores = np.array([row[1:-1] for row in rows], dtype=np.float64)
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
 
