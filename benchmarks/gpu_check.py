@@ -442,8 +442,9 @@ def cached_training_clips(ctx: Context, exp) -> tuple[str, str]:
 
 
 def ray_train_steps_per_second(ctx: Context, exp, manifest: str, cache: str, name: str) -> float:
-    """Median in-loop steps/s of epochs after the first (each epoch's ``train_clips_per_s`` in its checkpoint's
+    """Median in-loop steps/s of epochs after the first (each epoch's ``train/clips_per_s`` in its checkpoint's
     metrics.json); ``fit`` with MLflow off."""
+    from pipeline import metric_names as names
     from pipeline.training.checkpoint import METRICS_FILE
     from pipeline.training.fit import fit
 
@@ -462,7 +463,9 @@ def ray_train_steps_per_second(ctx: Context, exp, manifest: str, cache: str, nam
         json.loads(Path(p).read_text())
         for p in glob.glob(f"{storage}/{name}/**/{METRICS_FILE}", recursive=True)
     ]
-    epochs = sorted((r["epoch"], r["train_clips_per_s"]) for r in reports if "train_clips_per_s" in r)
+    epochs = sorted(
+        (r[names.EPOCH], r[names.TRAIN_CLIPS_PER_S]) for r in reports if names.TRAIN_CLIPS_PER_S in r
+    )
     rates = [rate for _, rate in epochs[1:]] or [
         rate for _, rate in epochs
     ]  # the first epoch includes start-up
