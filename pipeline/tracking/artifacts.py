@@ -74,10 +74,12 @@ def per_class_ap_figure(ap: np.ndarray, num_positives: np.ndarray, class_names: 
         n = PER_CLASS_AP_SHOWN
         panels = [(f"best {n} of {len(scored)}", scored[:n]), (f"worst {n} of {len(scored)}", scored[-n:])]
     rows = max(len(classes) for _, classes in panels) if scored else 1
+    # Panels stacked: the MLflow artifact viewer fits an image to its column's width (about 700 px), so width
+    # shrinks text and height scrolls.
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(6.5 * len(panels), 1.4 + 0.24 * rows), squeeze=False, sharex=True
+        len(panels), 1, figsize=(7.5, 0.9 + (0.6 + 0.24 * rows) * len(panels)), squeeze=False, sharex=True
     )
-    for ax, (subtitle, classes) in zip(axes[0], panels, strict=True):
+    for ax, (subtitle, classes) in zip(axes[:, 0], panels, strict=True):
         y = np.arange(len(classes))
         values = [ap[c] for c in classes]
         ax.barh(y, values, color="C0")
@@ -86,18 +88,18 @@ def per_class_ap_figure(ap: np.ndarray, num_positives: np.ndarray, class_names: 
         for yi, c in zip(y, classes, strict=True):
             ax.text(ap[c] + 0.01, yi, f"{ap[c]:.3f} ({int(num_positives[c])})", va="center", fontsize=7)
         ax.set_xlim(0, 1.18)
-        ax.set_xlabel("AP (test positives in brackets)")
         if subtitle:
             ax.set_title(subtitle, fontsize=9)
+    axes[-1, 0].set_xlabel("AP (test positives in brackets)")
     mean = np.nanmean(ap) if scored else float("nan")
-    left_out = f"; {num_unscored} classes without test positives left out" if num_unscored else ""
+    left_out = f"\n({num_unscored} classes without test positives left out)" if num_unscored else ""
     fig.suptitle(f"per-class AP, sorted: mAP {mean:.4f} over {len(scored)} classes{left_out}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def confusion_figure(matrix: np.ndarray, class_names: list[str]):
-    """The confusion matrix twice, side by side: counts, and normalised by row (each true class's recall on the
+    """The confusion matrix twice, one above the other: counts, and normalised by row (each true class's recall on the
     diagonal), each with a colour bar; cell values written up to ``CONFUSION_CELL_VALUES`` classes, class names on
     the axes up to ``CONFUSION_CLASS_NAMES``.
 
@@ -114,7 +116,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]):
     row_sums = matrix.sum(axis=1, keepdims=True)
     normalised = matrix / np.maximum(row_sums, 1)
     side = min(11.0, max(5.5, 2.5 + 0.32 * n))  # a few classes with long names still get a readable matrix
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 2, side + 0.8))
+    # Stacked, not side by side: the MLflow artifact viewer fits an image to its column's width (about 700 px).
+    fig, axes = plt.subplots(2, 1, figsize=(side + 1.5, 2 * side + 1.0))
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     for ax, values, title, fmt, vmax in (
         (axes[0], matrix, "counts", "d", max(1, int(matrix.max()))),
