@@ -67,7 +67,15 @@ from pipeline import schema
 from pipeline.clips.ledger import DecodeReport
 from pipeline.data.manifest import manifest_table
 from pipeline.video import sampling, transforms
-from pipeline.video.decode import SEQUENTIAL, VideoDecodeError, VideoIndex, index_from_bytes, read_frames
+from pipeline.video.decode import (
+    SEQUENTIAL,
+    VideoDecodeError,
+    VideoIndex,
+    index_from_bytes,
+    index_video,
+    read_frames,
+    read_video_bytes,
+)
 
 if TYPE_CHECKING:
     import ray.data
@@ -286,17 +294,21 @@ def decode_clip_batch(
     num_classes: int | None,
     ledger,
     key: str,
+    index_unindexed: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
         batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``FRAME_INDEX``, the label column and, for
-            multi-label manifests, ``SEGMENTS``).
+            multi-label manifests, ``SEGMENTS``). Rows of a video list (``pipeline.data.video_list``) have no
+            label column: the batch then has none either.
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
         num_classes: Classes of a multi-label manifest (None for single-label).
         ledger: The decode ledger actor.
         key: This dataset's key in the ledger.
+        index_unindexed: Index a row without a frame index from the file (by demuxing, ``index_video``: the bytes
+            are read once for the index and the frames) instead of failing it: a listed video, not a prepared one.
 
     Returns:
         The clip batch of ``pipeline.schema``: one row per view of every video that decoded; videos that failed
@@ -309,7 +321,11 @@ def decode_clip_batch(
     frame_counts = batch.column(schema.NUM_FRAMES).to_pylist()
     frame_indices = batch.column(schema.FRAME_INDEX).to_pylist()
     multi_label = num_classes is not None
-    labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
+    labelled = multi_label or schema.LABEL in batch.column_names  # a video list to predict has no labels
+    if labelled:
+        labels = batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist()
+    else:
+        labels = [None] * len(ids)
     if multi_label:
         segments = [
             [(s["label"], s["start"], s["end"]) for s in row or []]
@@ -330,15 +346,22 @@ def decode_clip_batch(
     ):
         rng = sampling.clip_rng(config.seed, video_epoch, video_id) if config.train else None
         try:
-            if not frame_index:
+            data = None
+            if frame_index:
+                index = index_from_bytes(uri, frame_index)
+                # An edited or stale manifest: its row and its index disagree.
+                if num_frames != index.num_frames:
+                    raise VideoDecodeError(
+                        uri,
+                        f"the manifest row says {num_frames} frames, its frame index {index.num_frames} frames",
+                    )
+            elif index_unindexed:
+                # A listed video (batch prediction): its bytes are read once, to index it and to decode.
+                data = read_video_bytes(uri)
+                index = index_video(uri, data=data)
+            else:
                 raise VideoDecodeError(uri, "the manifest gives no frame index")
-            index = index_from_bytes(uri, frame_index)
-            if num_frames != index.num_frames:  # an edited or stale manifest: its row and its index disagree
-                raise VideoDecodeError(
-                    uri,
-                    f"the manifest row says {num_frames} frames, its frame index {index.num_frames} frames",
-                )
-            views, indices = decode_views(uri, index, config, rng)
+            views, indices = decode_views(uri, index, config, rng, data=data)
         except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             if config.strict:
@@ -349,6 +372,8 @@ def decode_clip_batch(
         frames.append(views)  # (V, K, T, S, S, 3)
         out_ids += [video_id] * len(views)
         out_views += list(range(len(views)))
+        if not labelled:
+            continue
         if multi_label:
             label_sets = view_labels(indices, index, config, label or [], video_segments)
             out_labels += [
@@ -370,7 +395,7 @@ def decode_clip_batch(
         out[schema.LABELS] = (
             np.stack(out_labels) if out_labels else np.zeros((0, num_classes), dtype=np.float32)
         )
-    else:
+    elif labelled:
         out[schema.LABEL] = np.array(out_labels, dtype=np.int64)
     return out
 
@@ -433,6 +458,7 @@ def build_clip_dataset(
     *,
     epoch: int | None = None,
     report: DecodeReport | None = None,
+    video_list: bool = False,
 ) -> ray.data.Dataset:
     """A Ray Dataset of decoded clips (the clip batch of ``pipeline.schema``), one row per video and view.
 
@@ -447,6 +473,9 @@ def build_clip_dataset(
         epoch: Training epoch (see the module docstring); None lets each pass over the dataset be the next epoch.
         report: Where decode failures are reported (``DecodeReport.new()``); without one they are still dropped,
             logged by the workers and recorded under a private key.
+        video_list: The rows are a list of videos to predict (``pipeline.data.video_list``), not a prepared
+            manifest: no label columns (the clips have none), and a row without a frame index is indexed by the
+            task that decodes it (``decode_clip_batch``'s ``index_unindexed``).
 
     Returns:
         A lazy ``ray.data.Dataset``; iterate it with ``iter_batches(batch_format="numpy")`` or
@@ -464,14 +493,21 @@ def build_clip_dataset(
         raise ValueError(f"epoch must be >= 0 or None, got {epoch}")
     if not ray.is_initialized():
         ray.init()  # what Ray Data does on first use; needed earlier here for the ledger and the CPU count
-    table = manifest_table(manifest)
+    table = manifest_table(manifest, labelled=not video_list)
+    if video_list:  # labels, if the list came from a manifest, are not the prediction's business
+        table = table.drop_columns([c for c in (schema.LABEL, schema.LABELS) if c in table.column_names])
     if config.crop_size is None:
         _check_one_frame_size(table)
     multi_label = schema.LABELS in table.column_names
     num_classes = len(schema.class_names_of(table.schema)) if multi_label else None
     if multi_label and config.sampling == "dense":
         _check_segments_give_labels(table)
-    label_columns = [schema.LABELS, schema.SEGMENTS] if multi_label else [schema.LABEL]
+    if video_list:
+        label_columns = []  # dropped above
+    elif multi_label:
+        label_columns = [schema.LABELS, schema.SEGMENTS]
+    else:
+        label_columns = [schema.LABEL]
     if (
         multi_label and schema.SEGMENTS not in table.column_names
     ):  # TSN: segments unused, but one batch layout
@@ -506,6 +542,7 @@ def build_clip_dataset(
             "num_classes": num_classes,
             "ledger": report.ledger,
             "key": report.key,
+            "index_unindexed": video_list,
         },
         num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=min(len(blocks), num_decoders)),
