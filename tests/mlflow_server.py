@@ -8,6 +8,7 @@ so clients see ``mlflow-artifacts:/`` locations exactly as they would against a 
         MlflowClient(tracking_uri=uri).create_experiment("x")
 
 or, as a pytest fixture, ``mlflow_server_uri = pytest.fixture(scope="module")(mlflow_server_fixture)``.
+``model_server`` likewise runs MLflow's scoring server (``mlflow models serve``) for a registered model.
 """
 
 from __future__ import annotations
@@ -94,6 +95,64 @@ def mlflow_server(root: str | os.PathLike, *, port: int | None = None) -> Iterat
                 raise RuntimeError(f"mlflow server on {uri} {state} before /health answered:\n{tail}")
             time.sleep(0.25)
         yield uri
+    finally:
+        _stop(process)
+
+
+def _pinged(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def model_server(
+    model_uri: str, tracking_uri: str, root: str | os.PathLike, *, port: int | None = None
+) -> Iterator[str]:
+    """``mlflow models serve -m MODEL_URI --env-manager local -h 127.0.0.1``: wait until ``/ping`` answers, yield
+    its URL, then stop it.
+
+    Args:
+        model_uri: What to serve (``models:/stpa-ucf101@champion``), resolved through ``tracking_uri``.
+        tracking_uri: The tracking and registry URI the server reads the model from (``MLFLOW_TRACKING_URI``).
+        root: Folder for the server's log (``model_server.log``, shown when it does not come up).
+        port: Port to listen on (default: a free one).
+
+    Yields:
+        ``http://127.0.0.1:<port>``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(MLFLOW), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    log_path = root / "model_server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            start_new_session=True,
+            # The CLI starts ``uvicorn`` by name: the venv's bin folder must be on PATH (as after activating it).
+            env={
+                **os.environ,
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _pinged(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+                raise RuntimeError(f"mlflow models serve on {url} {state} before /ping answered:\n{tail}")
+            time.sleep(0.25)
+        yield url
     finally:
         _stop(process)
 

@@ -1,11 +1,12 @@
-"""The steps of the training and sweep workflows: ``fn(ctx, **upstream outputs) -> outputs`` (pipeline.workflow).
+"""The steps of the workflows: ``fn(ctx, **upstream outputs) -> outputs`` (pipeline.workflow).
 
 Each runs as a Ray task, possibly on another node, so everything it needs comes from ``ctx.config`` (part of the
 step's key), ``ctx.settings`` (not part of the key: tracking URI and the like) and its upstream steps' outputs, and
 everything it leaves goes to ``ctx.out_dir`` or MLflow. Outputs are small JSON dicts of URIs, ids and metrics.
 
-    data ─▶ prepare ─▶ [transcode] ─▶ [cache] ─▶ train ─▶ evaluate ─▶ register
+    data ─▶ prepare ─▶ [transcode] ─▶ [cache] ─▶ train ─▶ evaluate ─▶ register   (training and sweep workflows)
                                         └──▶ [sweep] ──┘ (sweep: the best trial's overrides feed train)
+    model ─▶ predict                                                   (batch prediction, workflows/predict.py)
 
 ``transcode`` (``--transcode``) returns prepare's outputs with the manifests of its seek-friendly copies in place of
 prepare's, and every later step takes it as its ``prepare`` input: cache, sweep, train and evaluate read the copies.
@@ -382,4 +383,70 @@ def register(ctx: StepContext, prepare: dict, train: dict, evaluate: dict) -> di
         "is_champion": registration.is_champion,
         "metric": primary,
         "value": metrics[primary],
+    }
+
+
+# --- batch prediction (workflows/predict.py) ---------------------------------------------------------------------
+def fetch_model(ctx: StepContext) -> dict:
+    """The pinned model's weights, config and class names, copied from MLflow to the step's folder, which every
+    node of the cluster reads (the scoring replicas load the weights from there, not from the tracking server)."""
+    import tempfile
+
+    from pipeline.tracking.serving import download_model_files
+
+    cfg = ctx.config
+    with tempfile.TemporaryDirectory() as directory:
+        weights, exp, class_names = download_model_files(
+            ctx.settings["tracking_uri"], cfg["model_uri"], directory
+        )
+        weights_uri = storage.join(ctx.out_dir, os.path.basename(weights))
+        with open(weights, "rb") as f:
+            storage.write_bytes(weights_uri, f.read())
+    print(f"model {cfg['model_uri']}: {len(class_names)} classes, weights in {weights_uri}", flush=True)
+    return {
+        "weights_uri": weights_uri,
+        "experiment": dataclasses.asdict(exp),
+        "class_names": class_names,
+    }
+
+
+def predict(ctx: StepContext, model: dict) -> dict:
+    """Score the listed videos into Parquet shards under ``out``; shards already written are skipped (resume)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.data.video_list import VideoList
+    from pipeline.evaluation.predict import ERROR, ModelRef, num_shards, predict_to_shards, shard_uri
+
+    cfg, settings = ctx.config, ctx.settings
+    fs, path = storage.filesystem(cfg["video_list_uri"])
+    videos = VideoList(cfg["videos"], cfg["videos_kind"], pq.read_table(path, filesystem=fs))
+    if videos.fingerprint() != cfg["videos_sha256"]:
+        raise ValueError(f"{cfg['video_list_uri']} is not the video list this prediction was started with")
+    summary = predict_to_shards(
+        experiment_from_dict(model["experiment"]),
+        model["weights_uri"],
+        model["class_names"],
+        videos,
+        cfg["out"],
+        model=ModelRef(cfg["model_uri"], cfg["model_name"], cfg["model_version"]),
+        shard_size=cfg["shard_size"],
+        top_k=cfg["top_k"],
+        num_scorers=settings["num_replicas"],
+        use_gpu=settings["use_gpu"],
+        batch_size=settings.get("batch_size"),
+        log=lambda line: print(line, flush=True),
+    )
+    for video, reason in summary.failures.items():
+        print(f"could not score {video}: {reason}", flush=True)
+    errors = []
+    for shard in range(num_shards(videos.table.num_rows, cfg["shard_size"])):
+        fs, path = storage.filesystem(shard_uri(cfg["out"], shard))
+        errors += pq.read_table(path, columns=[ERROR], filesystem=fs).column(ERROR).to_pylist()
+    failed = sum(1 for error in errors if error)
+    return {
+        "out": cfg["out"],
+        "num_videos": len(errors),
+        "num_scored": len(errors) - failed,
+        "num_failed": failed,
+        "this_run": summary.to_dict(),
     }

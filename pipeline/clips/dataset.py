@@ -68,7 +68,15 @@ from pipeline import schema
 from pipeline.clips.ledger import DecodeReport
 from pipeline.data.manifest import manifest_table
 from pipeline.video import sampling, transforms
-from pipeline.video.decode import SEQUENTIAL, VideoDecodeError, VideoIndex, index_from_bytes, read_frames
+from pipeline.video.decode import (
+    SEQUENTIAL,
+    VideoDecodeError,
+    VideoIndex,
+    index_from_bytes,
+    index_video,
+    read_frames,
+    read_video_bytes,
+)
 
 if TYPE_CHECKING:
     import ray.data
@@ -351,6 +359,13 @@ def video_rows(batch: pa.Table, num_classes: int | None) -> list[VideoRow]:
         ]
     else:
         segments = [None] * batch.num_rows
+    label_column = schema.LABELS if multi_label else schema.LABEL
+    # A video list to predict (``pipeline.data.video_list``) has no label column.
+    labels = (
+        batch.column(label_column).to_pylist()
+        if label_column in batch.column_names
+        else [None] * batch.num_rows
+    )
     return [
         VideoRow(*fields)
         for fields in zip(
@@ -358,7 +373,7 @@ def video_rows(batch: pa.Table, num_classes: int | None) -> list[VideoRow]:
             batch.column(schema.VIDEO_URI).to_pylist(),
             batch.column(schema.NUM_FRAMES).to_pylist(),
             batch.column(schema.FRAME_INDEX).to_pylist(),
-            batch.column(schema.LABELS if multi_label else schema.LABEL).to_pylist(),
+            labels,
             segments,
             strict=True,
         )
@@ -401,17 +416,21 @@ def decode_clip_batch(
     num_classes: int | None,
     ledger,
     key: str,
+    index_unindexed: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode the clips of a batch of manifest rows (Ray Data ``map_batches`` function).
 
     Args:
         batch: Manifest rows (``schema.VIDEO_ID``, ``VIDEO_URI``, ``NUM_FRAMES``, ``FRAME_INDEX``, the label column
-            and, for multi-label manifests, ``SEGMENTS``).
+            and, for multi-label manifests, ``SEGMENTS``). Rows of a video list (``pipeline.data.video_list``)
+            have no label column: the batch then has none either.
         config: Clip settings.
         epoch: The training epoch, or None to take each video's epoch from its decode count in the ledger.
         num_classes: Classes of a multi-label manifest (None for single-label).
         ledger: The decode ledger actor.
         key: This dataset's key in the ledger.
+        index_unindexed: Index a row without a frame index from the file (by demuxing, ``index_video``: the bytes
+            are read once for the index and the frames) instead of failing it: a listed video, not a prepared one.
 
     Returns:
         The clip batch of ``pipeline.schema``: one row per view of every video that decoded; videos that failed
@@ -421,6 +440,7 @@ def decode_clip_batch(
 
     rows = video_rows(batch, num_classes)
     multi_label = num_classes is not None
+    labelled = multi_label or schema.LABEL in batch.column_names  # a video list to predict has no labels
     if not config.train:
         epochs = [0] * len(rows)
     elif epoch is None:
@@ -432,14 +452,22 @@ def decode_clip_batch(
     for row, video_epoch in zip(rows, epochs, strict=True):
         rng = sampling.clip_rng(config.seed, video_epoch, row.video_id) if config.train else None
         try:
-            index = video_index_of(row)
-            views, indices = decode_views(row.uri, index, config, rng)
+            data = None
+            if not row.frame_index and index_unindexed:
+                # A listed video (batch prediction): its bytes are read once, to index it and to decode.
+                data = read_video_bytes(row.uri)
+                index = index_video(row.uri, data=data)
+            else:
+                index = video_index_of(row)
+            views, indices = decode_views(row.uri, index, config, rng, data=data)
         except Exception as e:  # noqa: BLE001 - whatever one video does (decoder, store, transform) stays with it
             failures.append(decode_failure(row, e, config, video_epoch))
             continue
         frames.append(views)  # (V, K, T, S, S, 3)
         out_ids += [row.video_id] * len(views)
         out_views += list(range(len(views)))
+        if not labelled:
+            continue
         if multi_label:
             label_sets = view_labels(indices, index, config, row.label or [], row.segments)
             out_labels += [
@@ -461,7 +489,7 @@ def decode_clip_batch(
         out[schema.LABELS] = (
             np.stack(out_labels) if out_labels else np.zeros((0, num_classes), dtype=np.float32)
         )
-    else:
+    elif labelled:
         out[schema.LABEL] = np.array(out_labels, dtype=np.int64)
     return out
 
@@ -525,6 +553,7 @@ def build_clip_dataset(
     *,
     epoch: int | None = None,
     report: DecodeReport | None = None,
+    video_list: bool = False,
 ) -> ray.data.Dataset:
     """A Ray Dataset of decoded clips (the clip batch of ``pipeline.schema``), one row per video and view.
 
@@ -539,6 +568,9 @@ def build_clip_dataset(
         epoch: Training epoch (see the module docstring); None lets each pass over the dataset be the next epoch.
         report: Where decode failures are reported (``DecodeReport.new()``); without one they are still dropped,
             logged by the workers and recorded under a private key.
+        video_list: The rows are a list of videos to predict (``pipeline.data.video_list``), not a prepared
+            manifest: no label columns (the clips have none), and a row without a frame index is indexed by the
+            task that decodes it (``decode_clip_batch``'s ``index_unindexed``).
 
     Returns:
         A lazy ``ray.data.Dataset``; iterate it with ``iter_batches(batch_format="numpy")`` or
@@ -550,7 +582,9 @@ def build_clip_dataset(
         ValueError: With dense sampling of a multi-label manifest, a row whose ``labels`` are not the classes of
             its ``segments`` (or no ``segments`` column).
     """
-    return decode_manifest(manifest, config, decode_clip_batch, epoch=epoch, report=report)
+    return decode_manifest(
+        manifest, config, decode_clip_batch, epoch=epoch, report=report, video_list=video_list
+    )
 
 
 def decode_manifest(
@@ -560,12 +594,14 @@ def decode_manifest(
     *,
     epoch: int | None = None,
     report: DecodeReport | None = None,
+    video_list: bool = False,
 ) -> ray.data.Dataset:
     """The manifest's rows in blocks of ``decode_batch_size``, mapped by ``batch_fn`` on the cluster's CPUs.
 
     What ``build_clip_dataset`` does with ``decode_clip_batch``; the decode-once cache maps its own batch function
     over the same blocks. ``batch_fn(block, config=, epoch=, num_classes=, ledger=, key=)`` gets a pyarrow table
-    of manifest rows (``video_rows`` reads it).
+    of manifest rows (``video_rows`` reads it); with ``video_list`` (as ``build_clip_dataset``) also
+    ``index_unindexed=True``.
 
     Raises:
         ValueError: As ``build_clip_dataset``.
@@ -576,14 +612,21 @@ def decode_manifest(
         raise ValueError(f"epoch must be >= 0 or None, got {epoch}")
     if not ray.is_initialized():
         ray.init()  # what Ray Data does on first use; needed earlier here for the ledger and the CPU count
-    table = manifest_table(manifest)
+    table = manifest_table(manifest, labelled=not video_list)
+    if video_list:  # labels, if the list came from a manifest, are not the prediction's business
+        table = table.drop_columns([c for c in (schema.LABEL, schema.LABELS) if c in table.column_names])
     if config.crop_size is None:
         _check_one_frame_size(table)
     multi_label = schema.LABELS in table.column_names
     num_classes = len(schema.class_names_of(table.schema)) if multi_label else None
     if multi_label and config.sampling == "dense":
         _check_segments_give_labels(table)
-    label_columns = [schema.LABELS, schema.SEGMENTS] if multi_label else [schema.LABEL]
+    if video_list:
+        label_columns = []  # dropped above
+    elif multi_label:
+        label_columns = [schema.LABELS, schema.SEGMENTS]
+    else:
+        label_columns = [schema.LABEL]
     if (
         multi_label and schema.SEGMENTS not in table.column_names
     ):  # TSN: segments unused, but one batch layout
@@ -618,6 +661,7 @@ def decode_manifest(
             "num_classes": num_classes,
             "ledger": report.ledger,
             "key": report.key,
+            **({"index_unindexed": True} if video_list else {}),
         },
         num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=min(len(blocks), num_decoders)),

@@ -76,8 +76,11 @@ def _check_version(where: str, metadata: dict[bytes, bytes]) -> None:
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def manifest_table(manifest: str | pa.Table) -> pa.Table:
-    """A manifest as an Arrow table (read through fsspec when given a URI), with its columns checked."""
+def manifest_table(manifest: str | pa.Table, *, labelled: bool = True) -> pa.Table:
+    """A manifest as an Arrow table (read through fsspec when given a URI), with its columns checked.
+
+    ``labelled=False`` for a list of videos to predict (``pipeline.data.video_list``): no label column needed.
+    """
     if isinstance(manifest, pa.Table):
         table, where = manifest, "manifest table"
     else:
@@ -93,7 +96,7 @@ def manifest_table(manifest: str | pa.Table) -> pa.Table:
         schema.FRAME_INDEX,
     ]
     missing = [c for c in required if c not in table.column_names]
-    if schema.LABEL not in table.column_names and schema.LABELS not in table.column_names:
+    if labelled and schema.LABEL not in table.column_names and schema.LABELS not in table.column_names:
         missing.append(f"{schema.LABEL} or {schema.LABELS}")
     if missing:
         raise ValueError(f"{where}: missing manifest column(s) {missing}")

@@ -9,6 +9,7 @@ are combined per video (``aggregate_views``) before any metric.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,11 @@ from pipeline.evaluation.metrics import aggregate_views, charades_metrics, singl
 from pipeline.storage import read_bytes
 from pipeline.video.transforms import frames_to_model_input
 from stpa_model import STPANet
+
+if TYPE_CHECKING:
+    import ray.data
+
+SCORES = "scores"  # ClipScorer's output column: float32 (C,) class scores of one view
 
 
 def shard_rows(num_rows: int, rank: int, world_size: int) -> np.ndarray:
@@ -187,7 +193,54 @@ class ClipScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         p = predict_batches(self.model, [batch], self.multi_label, self.device, self.autocast)
-        return {schema.VIDEO_ID: p.video_ids, schema.VIEW: p.views, "scores": p.scores.astype(np.float32)}
+        return {schema.VIDEO_ID: p.video_ids, schema.VIEW: p.views, SCORES: p.scores.astype(np.float32)}
+
+
+def score_clips(
+    exp,
+    weights_uri: str,
+    table: pa.Table,
+    *,
+    num_scorers: int = 1,
+    use_gpu: bool = False,
+    batch_size: int | None = None,
+    report=None,
+    video_list: bool = False,
+) -> ray.data.Dataset:
+    """Every test view of every video of ``table``, decoded on CPU tasks and scored by ``num_scorers`` model replicas.
+
+    Decode tasks (``build_clip_dataset`` with ``exp.test_clips``) feed ``ClipScorer`` actors (one GPU each with
+    ``use_gpu``), so scoring scales with the cluster's CPUs and GPUs. Offline evaluation and batch prediction both
+    score through this one function.
+
+    Args:
+        exp: The run's ``ExperimentConfig`` (its ``test_clips``, ``model`` and ``train.precision``).
+        weights_uri: The state dict to score with (any fsspec URI), loaded with ``weights_only=True``.
+        table: Manifest rows (``manifest_table``), or a video list with ``video_list=True``.
+        num_scorers: Model replicas (Ray Data actors).
+        use_gpu: One GPU per replica.
+        batch_size: Views per scoring batch (default ``exp.train.batch_size``).
+        report: Where decode failures go (``DecodeReport``): those videos are absent from the output.
+        video_list: ``table`` lists videos to predict (``build_clip_dataset``'s ``video_list``).
+
+    Returns:
+        A lazy Ray Dataset with one row per scored view: ``video_id`` (str), ``view`` (int32) and ``scores``
+        (float32 (C,): softmax probabilities, or per-class sigmoids for multi-label models).
+    """
+    dataset = build_clip_dataset(table, exp.test_clips, report=report, video_list=video_list)
+    return dataset.map_batches(
+        ClipScorer,
+        fn_constructor_kwargs={
+            "model_config": exp.model,
+            "weights_uri": weights_uri,
+            "precision": exp.train.precision,
+        },
+        batch_size=batch_size or exp.train.batch_size,
+        batch_format="numpy",
+        compute=_actor_pool(num_scorers),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
+    )
 
 
 def evaluate_weights(
@@ -202,36 +255,31 @@ def evaluate_weights(
 ) -> tuple[dict[str, float], dict, Predictions]:
     """Multi-view evaluation of saved weights on a test manifest with Ray Data (no Ray Train, no DDP).
 
-    Decode tasks (``build_clip_dataset`` with ``exp.test_clips``) feed ``num_scorers`` ``ClipScorer`` actors (one
-    GPU each with ``use_gpu``), so evaluation scales with the cluster's CPUs and GPUs independently of training.
-    Views are combined with ``exp.train.view_reduce`` and scored as in training's final evaluation.
+    The views are scored by ``score_clips`` (decode tasks on any CPU, ``num_scorers`` model replicas), combined
+    with ``exp.train.view_reduce`` and scored as in training's final evaluation.
 
     Returns:
         ``(scalars, details, predictions)`` as ``compute_metrics`` returns them, plus the per-view predictions.
     """
 
     table = manifest_table(test_manifest)
-    clips = exp.test_clips
-    dataset = build_clip_dataset(table, clips, report=report)
-    scored = dataset.map_batches(
-        ClipScorer,
-        fn_constructor_kwargs={
-            "model_config": exp.model,
-            "weights_uri": weights_uri,
-            "precision": exp.train.precision,
-        },
-        batch_size=batch_size or exp.train.batch_size,
-        batch_format="numpy",
-        compute=_actor_pool(num_scorers),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else 1,
+    scored = score_clips(
+        exp,
+        weights_uri,
+        table,
+        num_scorers=num_scorers,
+        use_gpu=use_gpu,
+        batch_size=batch_size,
+        report=report,
     )
     parts = [
-        Predictions(np.asarray(b[schema.VIDEO_ID]), np.asarray(b[schema.VIEW], dtype=np.int32), b["scores"])
+        Predictions(np.asarray(b[schema.VIDEO_ID]), np.asarray(b[schema.VIEW], dtype=np.int32), b[SCORES])
         for b in scored.iter_batches(batch_size=None, batch_format="numpy")
     ]
     predictions = Predictions.concatenate(parts)
-    check_complete(predictions, np.asarray(table.column(schema.VIDEO_ID).to_pylist()), clips.num_views)
+    check_complete(
+        predictions, np.asarray(table.column(schema.VIDEO_ID).to_pylist()), exp.test_clips.num_views
+    )
     scalars, details = compute_metrics(
         predictions, table, exp.model.num_classes, exp.model.multi_label, exp.train.view_reduce
     )
