@@ -122,7 +122,7 @@ def describe_labels(exp: ExperimentConfig, class_names: list[str]) -> str:
 
 
 def describe_data(facts: CardFacts) -> str:
-    split = f"official split {facts.official_split}" if facts.official_split else "its official split"
+    split = f"official split {facts.official_split}" if facts.official_split else "the official split"
     val = ""
     carved = facts.val_split or {}
     if carved.get("method", "none") != "none":

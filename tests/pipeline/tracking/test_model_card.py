@@ -71,7 +71,7 @@ def test_card_without_val_says_the_last_epoch_was_kept_and_names_other_models():
     card = model_card(
         _facts(exp, ["a", "b", "c", "d"], val_split=None, selection_split="last_epoch", official_split="")
     )
-    assert "charades, its official split: trained on the official training list, tested once" in card
+    assert "charades, the official split: trained on the official training list, tested once" in card
     assert "Test mAP: 0.8125" in card and "the last epoch (no val split" in card
     assert "no attention: TSN average consensus" in card and "frame order from temporal shift (TSM)" in card
     assert "4 classes (multi-label, per-class sigmoid)" in card and "combined by max" in card
