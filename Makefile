@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/model.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/predict.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
