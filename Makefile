@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/transcode.py
+	$(BIN)/python benchmarks/predict.py
 
 # On a GPU machine: model clips/s (bf16, compile), GPU busy fraction fed by Ray Data, decode CPUs per GPU, Ray Train
 # vs a plain loop, DDP over NCCL; at most 8 minutes. Without CUDA: a CPU dry mode of a few seconds (CI runs it).
