@@ -52,7 +52,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from pipeline.clips.dataset import MAX_AUTO_BATCH, ClipConfig  # noqa: E402
+from pipeline.clips.dataset import ClipConfig, auto_decode_batch_size  # noqa: E402
 
 DRIVER_MARK = "SCALE_DRIVER "  # prefix of the driver's result line on stdout
 DECODE_TASK = (
@@ -165,7 +165,7 @@ def run_driver(spec: dict) -> dict:
 
     time.sleep(2.0)  # task events reach the GCS about once a second
     tasks = [t for t in decode_tasks(node_names) if t["start_ms"] >= timed_from_ms]
-    per_block = min(MAX_AUTO_BATCH, max(1, -(-table.num_rows // (4 * cpus))))  # as build_clip_dataset picks
+    per_block = auto_decode_batch_size(table.num_rows, cpus, config.num_views)  # as build_clip_dataset picks
     result = {
         "nodes": sorted(node_ids),
         "driver_node": node_names[my_node],
