@@ -38,6 +38,8 @@ def library_log_env() -> dict[str, str]:
       by the driver.
     - ``MLFLOW_LOGGING_LEVEL=WARNING``: no INFO lines from MLflow (database creation and migration).
     - ``PYTHONWARNINGS``: ignore ``RAY_TRAIN_DEPRECATION_FILTER``'s warning.
+    - ``RAY_AIR_NEW_OUTPUT=0``: Tune's legacy console output, which ``verbose=0`` silences; the new engine prints
+      its experiment table and a TensorBoard hint whatever the verbosity (a sweep's trials print their own progress).
     """
     return {
         "RAY_DATA_LOGGING_CONFIG": os.path.join(
@@ -46,6 +48,7 @@ def library_log_env() -> dict[str, str]:
         "RAY_TQDM": "0",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
         "PYTHONWARNINGS": RAY_TRAIN_DEPRECATION_FILTER,
+        "RAY_AIR_NEW_OUTPUT": "0",
     }
 
 

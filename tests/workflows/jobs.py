@@ -44,6 +44,16 @@ def job_status(cluster: LocalRayCluster, job_id: str) -> str:
         return json.load(response)["status"]
 
 
+def job_log_text(cluster: LocalRayCluster, job_id: str) -> str:
+    """The job's log as the job server keeps it (the driver's output), from its REST API: no client lines."""
+    request = urllib.request.Request(
+        f"{cluster.dashboard_url}/api/jobs/{job_id}/logs",
+        headers={"x-ray-authorization": f"Bearer {cluster.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["logs"]
+
+
 def job_logs(cluster: LocalRayCluster, job_id: str) -> str:
     return subprocess.run(
         [ray_executable(), "job", "logs", "--address", cluster.dashboard_url, job_id],

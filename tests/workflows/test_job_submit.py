@@ -25,7 +25,7 @@ from pipeline import metric_names as names
 from tests.mlflow_server import mlflow_server
 from tests.ray_cluster import LocalRayCluster, ray_executable
 from tests.workflows.console import library_lines
-from tests.workflows.jobs import job_id_of, job_logs, submit_workflow, wait_for_checkpoints
+from tests.workflows.jobs import job_id_of, job_log_text, submit_workflow, wait_for_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +84,10 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert second.returncode == 0, log[-5000:]
         assert "skip data" in log and "skip prepare" in log
         assert "skip train" not in log
-        # The job's own output (the driver's, without the job client's): progress and a summary, at most 3 lines
-        # from the libraries, each step's lines before the next step's and the summary after them all.
-        job_log = job_logs(cluster, job_id_of(log))
+        # The job's log (the job server's copy, without the job client's lines): progress and a summary, at most 3
+        # lines from the libraries (here the job server's "Runtime env is setting up" and two Ray C++ lines about
+        # actors), each step's lines before the next step's and the summary after them all.
+        job_log = job_log_text(cluster, job_id_of(log))
         noise = library_lines(job_log)
         assert len(noise) <= 3, "library lines:\n" + "\n".join(noise)
         assert re.search(
