@@ -127,7 +127,8 @@ def test_submit_kill_resume_register_predict_skip(tmp_path: Path) -> None:
         assert fresh.returncode == 0, fresh.stderr[-3000:]
         rows = json.loads(fresh.stdout.split("RESULT ", 1)[1])
         assert len(rows) == 1 and rows[0]["video"] == str(video)
-        probabilities = {k: v for k, v in rows[0].items() if k != "video"}
+        assert not rows[0]["error"], rows[0]  # the pyfunc's error column: empty when the video was scored
+        probabilities = {k: v for k, v in rows[0].items() if k not in ("video", "error")}
         assert len(probabilities) == 4 and all(0.0 <= p <= 1.0 for p in probabilities.values())
 
         stpa = [sys.executable, "-m", "pipeline.cli"]
