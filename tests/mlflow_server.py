@@ -87,13 +87,7 @@ def mlflow_server(root: str | os.PathLike, *, port: int | None = None) -> Iterat
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
-                raise RuntimeError(f"mlflow server on {uri} {state} before /health answered:\n{tail}")
-            time.sleep(0.25)
+        _wait_until_up(process, log_path, lambda: _healthy(uri), f"mlflow server on {uri}", "/health")
         yield uri
     finally:
         _stop(process)
@@ -145,13 +139,7 @@ def model_server(
             },
         )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _pinged(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
-                raise RuntimeError(f"mlflow models serve on {url} {state} before /ping answered:\n{tail}")
-            time.sleep(0.25)
+        _wait_until_up(process, log_path, lambda: _pinged(url), f"mlflow models serve on {url}", "/ping")
         yield url
     finally:
         _stop(process)
@@ -173,3 +161,14 @@ def mlflow_server_fixture(tmp_path_factory) -> Iterator[str]:
     """Pytest fixture body: a server in a fresh temporary folder; wrap it with ``pytest.fixture(scope=...)``."""
     with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
         yield uri
+
+
+def _wait_until_up(process, log_path, answered, what: str, endpoint: str) -> None:
+    """Poll ``answered()`` until it is true; raise with the server's log tail if it exits or times out first."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not answered():
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+            raise RuntimeError(f"{what} {state} before {endpoint} answered:\n{tail}")
+        time.sleep(0.25)
