@@ -32,7 +32,9 @@ the DataLoader's main process, or Ray Data's driver), the DataLoader's workers, 
 services (raylet, GCS, agents, the ledger). Each loader's figure is its own groups during its own pass; Ray's
 services and idle workers also run during the DataLoader's pass (reported apart, not charged to it). Peak memory
 is the highest sum of PSS (proportional set size: shared pages split between the processes that map them, read
-from ``/proc/<pid>/smaps_rollup`` every 0.25 s) of each loader's processes during its passes.
+from ``/proc/<pid>/smaps_rollup`` about once a second by a separate, niced process, whose CPU is in no group:
+reading the smaps of Ray's processes costs the reader a few ms each, and sampling four times a second slowed the
+cache's passes by half) of each loader's processes during its passes.
 
 ``ratio_vs_dataloader`` = pipeline clips/s / DataLoader clips/s (wall clock: on a shared machine it also measures
 the neighbours); ``cpu_ratio_vs_dataloader`` = DataLoader CPU per clip / pipeline CPU per clip (above 1: the
@@ -244,6 +246,7 @@ def pss_mb(pid: int) -> float:
 def sample_memory(root: int, interval: float) -> None:
     """``--memory-sampler`` process body: every ``interval`` s, one line ``<time> <group>=<PSS MB> ...`` for the
     processes of ``root`` (its own CPU and memory are left out of every group)."""
+    os.nice(10)  # after the loaders measured
     while True:
         groups = process_groups(root, exclude=(os.getpid(),))
         sums = {g: sum(pss_mb(pid) for pid in pids) for g, pids in groups.items()}
@@ -255,9 +258,10 @@ class PeakMemory:
     """PSS sums per process group, sampled by a separate process (``--memory-sampler``): reading
     ``smaps_rollup`` of Ray's many processes costs CPU that would otherwise be charged to this one."""
 
-    def __init__(self, interval: float = 0.25) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         import subprocess
 
+        self.interval = interval
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--memory-sampler", str(os.getpid()), str(interval)],
@@ -293,8 +297,8 @@ def measure(run, groups_of_loader: tuple[str, ...], memory: PeakMemory) -> dict:
     for g, pids in process_groups(exclude=exclude).items():
         now = cpu_seconds(pids)
         cpu[g] = sum(t - before[g].get(pid, 0.0) for pid, t in now.items())
-    time.sleep(0.3)  # the sampler's last line of the pass
-    peak = memory.peak(groups_of_loader, wall_start, wall_end)
+    time.sleep(memory.interval + 0.2)  # a sample just after the pass too (a short pass may fall between two)
+    peak = memory.peak(groups_of_loader, wall_start, wall_end + memory.interval)
     return {"clips": num_clips, "seconds": seconds, "cpu": cpu, "peak_mb": peak, "groups": groups_of_loader}
 
 
