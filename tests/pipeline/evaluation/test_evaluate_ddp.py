@@ -46,6 +46,9 @@ def _rank(rank: int, port: int, results) -> None:
     local = predict_batches(model, batches, False, torch.device("cpu"), None)
     gathered = gather_predictions(local)
     results.put((rank, gathered.video_ids.tolist(), gathered.scores.shape))
+    # Both ranks leave together: a rank tearing gloo down while its peer still reads from the pair aborts the peer
+    # ("terminate called without an active exception", exit -6; seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 
