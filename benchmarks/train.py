@@ -1,14 +1,22 @@
 """Training throughput: the Ray Train loop (streaming from Ray Data) against a plain PyTorch loop, same run.
 
-Both train the same model config on the same clips: a generated UCF101-layout dataset is decoded once into the
-decode-once cache (``pipeline.clips.cache``); the Ray side trains with ``pipeline.training.fit.fit(..., clip_cache=...)``
-(Ray Data streaming from the cache, ``iter_torch_batches``, DDP wrapper, per-epoch checkpoints), the plain side
-loads the very same cached batches into memory and runs forward / loss / backward / clip / step in a loop.
-Steps/s of the Ray loop is its own in-epoch measurement (``train/clips_per_s``, epochs after the first, which
-includes Ray Data start-up), so the per-epoch validation and checkpointing it does besides are not counted.
+    python benchmarks/train.py [--videos-per-class 110] [--epochs 3] [--ddp] [--workdir DIR]
+
+Both train the same model config on the same clips: a generated UCF101-layout dataset (160x128, 32 frames) is
+decoded once into the decode-once cache (``pipeline.clips.cache``); the Ray side trains with
+``pipeline.training.fit.fit(..., clip_cache=...)`` (Ray Data streaming from the cache, which crops and flips every
+epoch anew, ``iter_torch_batches``, DDP wrapper, per-epoch checkpoints), the plain side loads one epoch's cached
+batches into memory and runs forward / loss / backward / clip / step in a loop. The defaults give a realistic
+epoch: 5 classes x 110 videos, about 400 training clips, 51 steps of 8.
+
+The Ray loop reports per epoch (MLflow metrics, epochs after the first): ``train/clips_per_s`` over the whole
+epoch, ``train/epoch_startup_s`` (epoch start to the first batch: Ray Data's streaming start-up and the first reads)
+and ``train/step_s`` (each step after that), so that an epoch lasts start-up + steps x step time. The per-epoch
+validation and checkpointing it does besides are not counted.
 
 Prints per-measurement lines and, last:
-``RESULT train ratio=<ray steps/s / plain steps/s> ray_steps_per_s=.. plain_steps_per_s=.. workers=1 ...``
+``RESULT train ratio=<ray steps/s over whole epochs / plain steps/s> step_ratio=<plain step s / ray step s>
+startup_s=... ray_steps_per_s=.. plain_steps_per_s=.. steps_per_epoch=.. workers=1 ...``
 and, with ``--ddp``, the 2-worker DDP figure (``ddp2_steps_per_s``: steps/s of each rank, global batch doubled).
 """
 
@@ -34,9 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-segments", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="Ray epochs; the first is warm-up")
-    parser.add_argument("--videos-per-class", type=int, default=8)
+    parser.add_argument("--videos-per-class", type=int, default=110)
     parser.add_argument("--num-classes", type=int, default=5)
-    parser.add_argument("--plain-steps", type=int, default=20)
+    parser.add_argument("--plain-steps", type=int, default=30)
     parser.add_argument("--ddp", action="store_true", help="also measure 2 DDP workers")
     parser.add_argument(
         "--use-gpu", action="store_true", help="train on one GPU per worker with bf16 autocast"
@@ -117,8 +125,9 @@ def plain_steps_per_second(exp, batches: list[dict], num_steps: int) -> float:
     return num_steps / (time.perf_counter() - start)
 
 
-def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir: str) -> float:
-    """In-loop steps/s of rank 0 (MLflow's ``train/clips_per_s`` history), epochs after the first."""
+def ray_epochs(exp, train_uri: str, test_uri: str, cache: str, workdir: str) -> dict[str, float]:
+    """Rank 0's own per-epoch figures (MLflow history), medians over the epochs after the first: steps/s over
+    whole epochs, start-up to the first batch (s) and seconds per step after it."""
     from mlflow.tracking import MlflowClient
 
     from pipeline import metric_names as names
@@ -138,11 +147,25 @@ def ray_steps_per_second(exp, train_uri: str, test_uri: str, cache: str, workdir
         tracking_uri=uri,
         clip_cache=cache,
     )
-    history = MlflowClient(tracking_uri=uri).get_metric_history(result.mlflow_run_id, names.TRAIN_CLIPS_PER_S)
-    per_epoch = [m.value for m in sorted(history, key=lambda m: m.step)][
-        1:
-    ]  # the first epoch includes start-up
-    return statistics.median(per_epoch) / (exp.train.batch_size * exp.train.num_workers)
+    client = MlflowClient(tracking_uri=uri)
+
+    def after_first(metric: str) -> list[float]:
+        history = client.get_metric_history(result.mlflow_run_id, metric)
+        values = [m.value for m in sorted(history, key=lambda m: m.step)]
+        return values[1:]  # the first epoch includes the workers' start-up
+
+    clips_per_s = after_first(names.TRAIN_CLIPS_PER_S)
+    startup, step = after_first(names.TRAIN_EPOCH_STARTUP_S), after_first(names.TRAIN_STEP_S)
+    print(
+        f"  epochs after the first: clips/s {', '.join(f'{x:.1f}' for x in clips_per_s)}; start-up (s) "
+        f"{', '.join(f'{x:.2f}' for x in startup)}; step (ms) {', '.join(f'{1000 * x:.0f}' for x in step)}",
+        flush=True,
+    )
+    return {
+        "steps_per_s": statistics.median(clips_per_s) / (exp.train.batch_size * exp.train.num_workers),
+        "startup_s": statistics.median(startup),
+        "step_s": statistics.median(step),
+    }
 
 
 def main() -> None:
@@ -181,23 +204,37 @@ def main() -> None:
     print(f"model {args.variant} {args.input_size}px K={args.num_segments} batch {args.batch_size}; "
           f"{entry.num_rows} cached training clips ({'hit' if entry.hit else 'built'})")  # fmt: skip
 
+    from pipeline.training.loop import steps_per_epoch
+
+    num_steps = steps_per_epoch(entry.num_rows, 1, args.batch_size)
+    print(f"{num_steps} steps an epoch; load average {load_average()}", flush=True)
     plain = [plain_steps_per_second(exp, batches, args.plain_steps)]
-    print(f"plain loop: {plain[-1]:.3f} steps/s", flush=True)
-    ray_rate = ray_steps_per_second(exp, train_uri, test_uri, cache, workdir)
-    print(f"ray train loop (1 worker): {ray_rate:.3f} steps/s", flush=True)
+    print(f"plain loop: {plain[-1]:.3f} steps/s; load average {load_average()}", flush=True)
+    ray_run = ray_epochs(exp, train_uri, test_uri, cache, workdir)
+    print(
+        f"ray train loop (1 worker): {ray_run['steps_per_s']:.3f} steps/s over whole epochs; start-up "
+        f"{ray_run['startup_s']:.2f}s, {1000 * ray_run['step_s']:.0f} ms a step; load average {load_average()}",
+        flush=True,
+    )
     plain.append(plain_steps_per_second(exp, batches, args.plain_steps))
-    print(f"plain loop: {plain[-1]:.3f} steps/s", flush=True)
+    print(f"plain loop: {plain[-1]:.3f} steps/s; load average {load_average()}", flush=True)
     plain_rate = statistics.mean(plain)
     extra = ""
     if args.ddp:
-        ddp = ray_steps_per_second(experiment(args, args.num_classes, 2), train_uri, test_uri, cache, workdir)
-        print(f"ray train loop (2 DDP workers): {ddp:.3f} steps/s per rank (global batch x2)", flush=True)
-        extra = f" ddp2_steps_per_s={ddp:.3f} ddp2_clips_per_s={ddp * 2 * args.batch_size:.2f}"
+        ddp = ray_epochs(experiment(args, args.num_classes, 2), train_uri, test_uri, cache, workdir)
+        print(f"ray train loop (2 DDP workers): {ddp['steps_per_s']:.3f} steps/s per rank (global batch x2)")
+        extra = f" ddp2_steps_per_s={ddp['steps_per_s']:.3f} ddp2_clips_per_s={ddp['steps_per_s'] * 2 * args.batch_size:.2f}"
     ray.shutdown()
     print(
-        f"RESULT train ratio={ray_rate / plain_rate:.3f} ray_steps_per_s={ray_rate:.3f} "
-        f"plain_steps_per_s={plain_rate:.3f} workers=1 model={args.variant} batch={args.batch_size}{extra}"
+        f"RESULT train ratio={ray_run['steps_per_s'] / plain_rate:.3f} "
+        f"step_ratio={1 / (plain_rate * ray_run['step_s']):.3f} startup_s={ray_run['startup_s']:.2f} "
+        f"ray_steps_per_s={ray_run['steps_per_s']:.3f} plain_steps_per_s={plain_rate:.3f} "
+        f"steps_per_epoch={num_steps} workers=1 model={args.variant} batch={args.batch_size}{extra}"
     )
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ charts by split::
 
     train/loss  train/lr  train/data_wait_s  train/clips_per_s       every train.log_every_steps optimiser steps
     train/epoch  train/epoch_loss  train/<loss part>                  once per epoch
+    train/epoch_startup_s  train/step_s                               once per epoch (rank 0: to the first batch; a step)
     val/top1  val/mAP ...  val/best_<primary>                          each validation (val/best_*: the best so far)
     test/top1  test/top5  test/mean_class_accuracy  test/mAP  test/wAP  the final multi-view test, once
 
@@ -42,6 +43,8 @@ TRAIN_LOSS = "train/loss"  # mean total loss over the optimiser steps since the 
 TRAIN_LR = "train/lr"  # learning rate of the first parameter group after the step
 TRAIN_DATA_WAIT_S = "train/data_wait_s"  # seconds per step rank 0 waited for its next batch (input pipeline)
 TRAIN_CLIPS_PER_S = "train/clips_per_s"  # training clips per second, all ranks together
+TRAIN_EPOCH_STARTUP_S = "train/epoch_startup_s"  # seconds from an epoch's start to its first batch (rank 0)
+TRAIN_STEP_S = "train/step_s"  # seconds per micro-step after the first batch, over the epoch (rank 0)
 TRAIN_EPOCH = "train/epoch"  # the epoch just finished (1-based): maps the step axis to epochs
 TRAIN_EPOCH_LOSS = "train/epoch_loss"  # mean total loss over the epoch
 

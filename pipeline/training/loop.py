@@ -206,12 +206,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             local_shuffle_buffer_size=4 * cfg.batch_size,  # rows move between decode blocks every epoch
         )
         progress.start_epoch()
+        first_batch_at = None
         # A cluster that cannot feed the workers (no CPU left for decoding) fails the run instead of stalling it.
         waited = batches_within(batches, cfg.batch_timeout_s, describe_resource_waits)
         for step, batch in enumerate(waited):
             if step >= num_steps:  # equal shards make this a no-op; it guards the DDP step count anyway
                 break
             progress.batch_arrived()
+            if first_batch_at is None:  # the epoch's start-up ends here (streaming started, one batch read)
+                first_batch_at = time.perf_counter()
             clips = frames_to_model_input(batch[schema.FRAMES])
             targets = batch[schema.LABELS] if exp.model.multi_label else batch[schema.LABEL]
             is_update = (step + 1) % cfg.grad_accum_steps == 0
@@ -250,7 +253,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 epoch, step, loss * cfg.grad_accum_steps, optimizer.param_groups[0]["lr"], state.global_step
             )
         waited.close()  # ends its helper thread now, also after a break
-        train_seconds = time.perf_counter() - epoch_start
+        train_end = time.perf_counter()
+        train_seconds = train_end - epoch_start
+        # Start-up (epoch start to the first batch) and the cost of a step after it: an epoch lasts
+        # startup + num_batches * step_seconds, so the two are tuned (and reported) apart.
+        startup_seconds = (first_batch_at or train_end) - epoch_start
+        step_seconds = (train_end - (first_batch_at or train_end)) / max(1, num_batches)
         train_loss = (loss_sum / max(1, num_batches)).item()  # host sync, once per epoch
         clips_per_second = num_batches * cfg.batch_size * world_size / max(train_seconds, 1e-9)
         metrics = {
@@ -259,6 +267,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # host sync, once per epoch: the unweighted parts (classification, interaction, diversity)
             **{names.train(name): (value / max(1, num_batches)).item() for name, value in part_sums.items()},
             names.TRAIN_CLIPS_PER_S: clips_per_second,
+            names.TRAIN_EPOCH_STARTUP_S: startup_seconds,
+            names.TRAIN_STEP_S: step_seconds,
             names.GLOBAL_STEP: state.global_step,
             names.STEPS_THIS_ATTEMPT: steps_this_attempt,
             names.RESTARTS: state.restarts,
@@ -282,7 +292,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 val_text = f"  val {metric_name} {metrics[names.val(metric_name)]:.4f} (best {state.best_metric:.4f})"
             print(
                 f"epoch {epoch + 1}/{cfg.epochs} done in {format_seconds(epoch_seconds)}: loss {train_loss:.4f}"
-                f"{val_text}  clips/s {clips_per_second:.1f}  "
+                f"{val_text}  clips/s {clips_per_second:.1f} (start-up {startup_seconds:.2f}s, "
+                f"{1000 * step_seconds:.0f} ms a step)  "
                 f"eta {format_eta((cfg.epochs - state.epoch) * epoch_seconds)}",
                 flush=True,
             )
