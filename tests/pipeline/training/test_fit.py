@@ -159,12 +159,14 @@ def test_frame_order_option_learns_direction_through_the_pipeline(ray_local, ord
     option must, trained and scored through Ray Data, Ray Train and the evaluation like any run. A trial run
     before this test (16 videos per class, 12 epochs, 8 test videos) gave test top-1 1.0 for both options, with
     temporal_shift still at val top-1 0.5 after 4 epochs; at 8 epochs temporal_shift failed twice in about five
-    runs (test top-1 0.5 and 0.6), so the test trains the trial's 12 epochs."""
-    exp = _smoke(
-        2,
-        **{"train.epochs": 12, "train.eval_every": 4, "train.num_heatmap_clips": 0, f"model.{option}": True},
-    )
-    result = _fit(exp, order_data, tmp_path, option)
+    runs (test top-1 0.5 and 0.6), so the test trains the trial's 12 epochs.
+
+    No val split: the last epoch's weights are scored. With the 10% val split (3 videos) choosing the epoch, CI saw
+    val top-1 1.0 at an early evaluation and test top-1 0.6 from those weights (3 videos reach 1.0 by chance one
+    time in eight): a test of epoch selection on 3 videos, not of learning order. Selection on val is tested by
+    ``test_two_worker_training_learns_checkpoints_and_logs_to_mlflow``."""
+    exp = _smoke(2, **{"train.epochs": 12, "train.num_heatmap_clips": 0, f"model.{option}": True})
+    result = _fit(exp, order_data, tmp_path, option, with_val=False)
     num_test = read_manifest(order_data[2])[0].num_rows
     assert result.metrics[names.test(names.NUM_VIDEOS_SCORED)] == num_test >= 8
     assert result.metrics[names.test(names.TOP1)] >= 0.75, result.metrics
