@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/model.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/interference.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/predict.py
