@@ -27,6 +27,9 @@ from collections.abc import Callable
 # Ray Train's DatasetManager passes Ray Data an option Ray Data itself deprecates (Ray 2.60): a warning per
 # training run about Ray's own code, which nothing on our side can change.
 RAY_TRAIN_DEPRECATION_FILTER = "ignore:`ExecutionOptions.exclude_resources`"
+IDLE_WORKER_LIFETIME_MS = (
+    300_000  # how long a private local Ray keeps an idle pool worker (Ray's default: 1 s)
+)
 
 
 def library_log_env() -> dict[str, str]:
@@ -119,6 +122,11 @@ def init_ray(
     # tasks), which on a 2-core laptop trips the warning without anything being wrong; allow 3x the CPUs we
     # advertise (as SkyPilot does for its clusters).
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(3 * num_cpus))
+    # The raylet ends a pool worker idle for 1 s once more workers than CPUs exist, and starts a new one (importing
+    # torch, pyarrow, PyAV again) for the next phase: 34 of the 79 workers of one sweep-workflow test exited idle.
+    # An exiting idle worker sometimes aborts in Ray 2.60 ("Mutex corrupt", a SIGABRT stack dump on the console).
+    # Idle workers live 5 minutes here, across a run's phases.
+    os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", str(IDLE_WORKER_LIFETIME_MS))
     ray.init(
         address="local",  # a new Ray even when `ray start` left one running here (see module doc)
         num_cpus=num_cpus,
