@@ -57,8 +57,8 @@ def main() -> None:
     from pipeline import schema
     from pipeline.clips.cache import clip_shape
 
-    sys.argv = sys.argv[:1]  # the train benchmark's defaults: model, input size, K, batch
-    exp = bench_train.experiment(bench_train.parse_args(), num_classes=5, num_workers=1)
+    defaults = bench_train.parse_args([])  # the train benchmark's model, input size, K and batch
+    exp = bench_train.experiment(defaults, num_classes=5, num_workers=1)
     rng = np.random.default_rng(0)
     shape = (exp.train.batch_size, *clip_shape(exp.train_clips))
     batches = [

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--workdir", default=None, help="where data, cache and checkpoints go (default: temp)"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def experiment(args, num_classes: int, num_workers: int):

@@ -36,9 +36,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _healthy(uri: str) -> bool:
+def _answers(url: str) -> bool:
+    """True when a GET of ``url`` returns 200 within 2 s (a server's health or ping route)."""
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -87,18 +88,12 @@ def mlflow_server(root: str | os.PathLike, *, port: int | None = None) -> Iterat
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     try:
-        _wait_until_up(process, log_path, lambda: _healthy(uri), f"mlflow server on {uri}", "/health")
+        _wait_until_up(
+            process, log_path, lambda: _answers(f"{uri}/health"), f"mlflow server on {uri}", "/health"
+        )
         yield uri
     finally:
         _stop(process)
-
-
-def _pinged(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
 
 
 @contextlib.contextmanager
@@ -139,7 +134,9 @@ def model_server(
             },
         )
     try:
-        _wait_until_up(process, log_path, lambda: _pinged(url), f"mlflow models serve on {url}", "/ping")
+        _wait_until_up(
+            process, log_path, lambda: _answers(f"{url}/ping"), f"mlflow models serve on {url}", "/ping"
+        )
         yield url
     finally:
         _stop(process)
