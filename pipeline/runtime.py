@@ -27,9 +27,8 @@ from collections.abc import Callable
 # Ray Train's DatasetManager passes Ray Data an option Ray Data itself deprecates (Ray 2.60): a warning per
 # training run about Ray's own code, which nothing on our side can change.
 RAY_TRAIN_DEPRECATION_FILTER = "ignore:`ExecutionOptions.exclude_resources`"
-IDLE_WORKER_LIFETIME_MS = (
-    300_000  # how long a private local Ray keeps an idle pool worker (Ray's default: 1 s)
-)
+# How long a private local Ray keeps an idle pool worker (Ray's default: 1 s); see init_ray.
+IDLE_WORKER_LIFETIME_MS = 300_000
 
 
 def library_log_env() -> dict[str, str]:
