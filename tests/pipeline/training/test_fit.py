@@ -96,17 +96,18 @@ def _smoke(num_classes: int, dataset: str = "ucf101", **overrides):
 
 
 def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, ucf_data, tmp_path):
-    """About a minute of 2-worker training on the generator's multi-frame classes beats chance (0.2) widely.
+    """About 80 s of 2-worker training on the generator's multi-frame classes beats chance (0.2) widely.
     Epochs are chosen on val, test is scored once on the chosen weights: the two score disjoint videos."""
     from mlflow.tracking import MlflowClient
 
     train_uri, val_uri, test_uri = ucf_data
-    exp = _smoke(5, **{"train.epochs": 8, "train.eval_every": 4})
+    # 12 epochs: at 8, one full-suite run in four this session ended at test top-1 0.35 (val 0.2 on 5 videos).
+    exp = _smoke(5, **{"train.epochs": 12, "train.eval_every": 4})
     uri = _mlflow(tmp_path)
     result = _fit(exp, ucf_data, tmp_path, "r1")
 
     num_train = read_manifest(train_uri)[0].num_rows
-    assert result.metrics[names.GLOBAL_STEP] == 8 * steps_per_epoch(num_train, 2, exp.train.batch_size)
+    assert result.metrics[names.GLOBAL_STEP] == 12 * steps_per_epoch(num_train, 2, exp.train.batch_size)
     # Chance is 0.2. The epoch is chosen on val (5 videos), not on test as before, and 5 training videos went to
     # val: test top-1 was 0.45 in the run that introduced val (it was >= 0.5 when chosen on test itself).
     assert result.metrics[names.test(names.TOP1)] >= 0.4, result.metrics
@@ -131,9 +132,9 @@ def test_two_worker_training_learns_checkpoints_and_logs_to_mlflow(ray_local, uc
     assert len(params["manifest.train.sha256"]) == 64
     history = client.get_metric_history(run.info.run_id, names.train("classification"))
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
-    assert len(losses) == 8
+    assert len(losses) == 12
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), f"training loss did not decrease: {losses}"
-    assert len(client.get_metric_history(run.info.run_id, names.val(names.TOP1))) == 2  # epochs 4 and 8
+    assert len(client.get_metric_history(run.info.run_id, names.val(names.TOP1))) == 3  # epochs 4, 8 and 12
     assert run.data.tags["stpa.val_num_videos_scored"] == str(len(val_ids))  # a count: a tag, not a metric
     assert run.data.tags["stpa.test_num_videos_scored"] == str(len(test_ids))
     assert not any(key.endswith(names.COUNTS) for key in run.data.metrics)
